@@ -1,0 +1,71 @@
+"""Build a real `CLIPTokenizer` from scratch (byte-level BPE with CLIP's `</w>` suffix) for offline tiny/demo models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import CLIPTokenizer
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+# CLIP's word splitter (identical to transformers' CLIPTokenizer), so the trained merges fit its pre-tokenisation.
+_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def train_clip_tokenizer(
+    captions: Iterable[str], *, vocab_size: int = 1000, model_max_length: int = 77
+) -> CLIPTokenizer:
+    """Train a byte-level BPE on `captions` and wrap it as a stock `transformers.CLIPTokenizer`.
+
+    Every byte is in the vocabulary (no unknown tokens on unseen text). The result saves and reloads with
+    `CLIPTokenizer.from_pretrained` and behaves like OpenAI CLIP's tokenizer (lower-casing, `</w>` word ends).
+
+    Args:
+        captions: training text.
+        vocab_size: vocabulary size including the 512 byte symbols and the 2 special tokens; smaller when the
+            captions do not support that many merges (use `len(tokenizer)` for the model's `vocab_size`).
+        model_max_length: context length written to the tokenizer (CLIP: 77).
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < 2 * len(alphabet) + 2:
+        raise ValueError(f"vocab_size must be at least {2 * len(alphabet) + 2} (all bytes twice + 2 specials).")
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    bpe.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=alphabet,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+        min_frequency=1,
+    )
+    bpe.train_from_iterator((c for c in captions if c and c.strip()), trainer=trainer)
+    # OpenAI CLIP's layout: bytes, bytes + "</w>", merged symbols in merge order, then the two special tokens.
+    vocab_list = list(alphabet) + [symbol + "</w>" for symbol in alphabet]
+    seen = set(vocab_list)
+    merges = []
+    for left, right in _merges_of(bpe):
+        if len(vocab_list) >= vocab_size - 2:
+            break
+        merges.append((left, right))
+        if left + right not in seen:
+            vocab_list.append(left + right)
+            seen.add(left + right)
+    vocab_list += [BOS_TOKEN, EOS_TOKEN]
+    vocab = {token: index for index, token in enumerate(vocab_list)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def _merges_of(tokenizer: Tokenizer) -> list[tuple[str, str]]:
+    state = json.loads(tokenizer.to_str())
+    merges = state["model"]["merges"]
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
