@@ -168,7 +168,21 @@ class DCLIPTeacherModel(DCLIPPreTrainedModel):
         self.clip = CLIPModel(config.clip_config)
         self.cross_layers = nn.ModuleList([DCLIPCrossModalLayer(config) for _ in range(config.num_cross_layers)])
         self.post_init()
+        self.freeze_backbone()
+
+    def freeze_backbone(self) -> None:
+        """Make every CLIP weight non-trainable (the teacher only ever trains its cross-modal block)."""
         self.clip.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # Weight loading re-creates parameters (requires_grad=True): restore the frozen backbone.
+        if isinstance(model, tuple):
+            model[0].freeze_backbone()
+        else:
+            model.freeze_backbone()
+        return model
 
     @classmethod
     def from_clip(cls, clip: CLIPModel | str | os.PathLike, **config_kwargs) -> DCLIPTeacherModel:
@@ -225,7 +239,9 @@ class DCLIPTeacherModel(DCLIPPreTrainedModel):
         return out
 
     @torch.no_grad()
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> DCLIPTextFeatures:
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> DCLIPTextFeatures:
         """Token embeddings (start/end tokens dropped) and the sentence embedding of captions, from one text pass."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -106,14 +106,14 @@ class DCLIPProcessor(ProcessorMixin):
         max_length = self.max_text_length
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors=None)
         # A caption that filled the whole context was (almost surely) cut: count it, never fail deep in the model.
-        truncated = sum(len(ids) >= max_length for ids in encoded["input_ids"])
+        truncated = sum(sum(mask) >= max_length for mask in encoded["attention_mask"])
         if truncated:
             self.stats["truncated_captions"] += truncated
             logger.info("Truncated %d caption(s) to %d tokens.", truncated, max_length)
         return BatchFeature(dict(encoded), tensor_type=return_tensors)
 
     def crop_regions(self, image: Image.Image, boxes: BoxesLike) -> list[Image.Image]:
-        """Upright RGB crops of `image` for the valid `boxes` (whole image when none is valid and the policy says so)."""
+        """Upright RGB crops of `image` for its valid `boxes` (the whole image when none is valid, by default)."""
         image = to_rgb(image)
         clean, dropped = sanitize_boxes(boxes, image.width, image.height)
         if dropped:
@@ -132,7 +132,9 @@ class DCLIPProcessor(ProcessorMixin):
     def process_regions(self, images: Sequence[Image.Image], boxes: Sequence[BoxesLike]) -> BatchFeature:
         """Region crops of a batch: `region_pixel_values [B, R, 3, H, W]` and `region_mask [B, R]` (R = most crops)."""
         if len(images) != len(boxes):
-            raise ValueError(f"Got {len(images)} images but {len(boxes)} box lists; pass one (possibly empty) per image.")
+            raise ValueError(
+                f"Got {len(images)} images but {len(boxes)} box lists; pass one (possibly empty) per image."
+            )
         per_image = [self.crop_regions(image, image_boxes) for image, image_boxes in zip(images, boxes)]
         counts = [len(crops) for crops in per_image]
         flat = [crop for crops in per_image for crop in crops]
