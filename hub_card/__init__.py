@@ -1,0 +1,22 @@
+"""Model cards and Hub publishing for DCLIP checkpoints.
+
+`hub_card.card` renders cards offline; `hub_card.push` writes Hub-ready folders and is the only module that talks to
+the Hugging Face Hub.
+"""
+
+from .card import build_card, eval_results_for, load_results, load_run_args, resolve_model_names, usage_snippet
+from .push import ALLOWED_FILES, is_allowed, push, save_for_hub, select_upload_files
+
+__all__ = [
+    "ALLOWED_FILES",
+    "build_card",
+    "eval_results_for",
+    "is_allowed",
+    "load_results",
+    "load_run_args",
+    "push",
+    "resolve_model_names",
+    "save_for_hub",
+    "select_upload_files",
+    "usage_snippet",
+]
