@@ -503,3 +503,16 @@ def test_data_stats_survive_pickling_for_dataloader_workers():
     copy.add("missing_image", "/b.jpg")
     stats.update(copy)
     assert stats["missing_image"] == 5 and stats.examples["missing_image"][:2] == ["/a.jpg", "/a.jpg"]
+
+
+def test_command_line_summarises_a_yaml_list_of_sources(coco_dir, tmp_path, capsys):
+    import yaml
+
+    from training.data import main
+
+    specs = [csv_spec(coco_dir, max_images=30), karpathy_spec(coco_dir, splits=["train"], max_images=20)]
+    (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"sources": specs}))
+    assert main([str(tmp_path / "sources.yaml"), "--seed", "1", "--summary-json", str(tmp_path / "s.json")]) == 0
+    assert "50 images, 250 captions" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["mix"]["totals"]["kept"] == 50 and summary["dataset"]["splits"] == {"train": 45, "val": 5}

@@ -1217,3 +1217,55 @@ def load_zero_shot_folder(
             labels.append(len(class_names))
         class_names.append(folder.name.replace("_", " "))
     return ZeroShotSet(images=images, labels=labels, class_names=class_names)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line: inspect a list of sources
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def read_source_specs(path: str | os.PathLike) -> list[SourceSpec]:
+    """Read source specs from a YAML or JSON file: a list of specs, or a mapping with a `sources` list."""
+    file = _require_file(path, "Source spec file")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if isinstance(data, Mapping):
+        data = data.get("sources")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{file} must hold a non-empty list of source specs (or a mapping with a `sources` list).")
+    return [SourceSpec.from_dict(item) for item in data]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m training.data SOURCES.yaml`: load, mix and summarise sources; optionally decode every image."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.data", description=main.__doc__)
+    parser.add_argument("sources", help="YAML/JSON file with a list of source specs (see docs/data.md)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--exclude-file", default=None, help="ids to drop (clean selection): id list or Karpathy JSON")
+    parser.add_argument("--check-images", action="store_true", help="decode every image and count the bad ones")
+    parser.add_argument("--summary-json", default=None, help="write the mix summary here as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stats = DataStats()
+    dataset, summary = mix_sources(
+        read_source_specs(args.sources), args.seed, args.val_fraction, exclude_file=args.exclude_file, stats=stats
+    )
+    report = validate_dataset(dataset, check_images=args.check_images, stats=stats)
+    print(format_summary(dataset))
+    print(summary)
+    if args.summary_json:
+        payload = {"dataset": {k: v for k, v in report.items() if k != "bad_images"}, "mix": summary.to_dict()}
+        Path(args.summary_json).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
