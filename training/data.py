@@ -853,6 +853,8 @@ def _cap(rows: list[dict[str, Any]], limit: int | None, seed: int | None, spec: 
 def _load_rows(spec: SourceSpec, stats: DataStats) -> list[dict[str, Any]]:
     raw = _RAW_LOADERS[spec.type](spec, stats)
     rows = _finish_rows(raw, spec, stats)
+    if raw and not rows:
+        logger.warning("Source %r kept none of its %d images; see the skip counts.", spec.name, len(raw))
     logger.info(
         "Loaded %d images / %d captions from source %r.", len(rows), sum(len(r["captions"]) for r in rows), spec.name
     )
@@ -1052,7 +1054,13 @@ def mix_sources(
     for counts in summary.sources.values():
         counts.setdefault("train", 0)
         counts.setdefault("val", 0)
-    logger.info("%s", summary)
+    logger.info(
+        "Mixed %d images from %d source(s) (%s selection, %d val).",
+        len(shuffled),
+        len(specs),
+        summary.selection,
+        num_val,
+    )
     return _rows_to_dataset(shuffled), summary
 
 
@@ -1260,6 +1268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report = validate_dataset(dataset, check_images=args.check_images, stats=stats)
     print(format_summary(dataset))
+    if args.check_images:
+        print(f"{len(report['bad_images'])} of {len(dataset)} images could not be decoded (see the skips below).")
     print(summary)
     if args.summary_json:
         payload = {"dataset": {k: v for k, v in report.items() if k != "bad_images"}, "mix": summary.to_dict()}
