@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from modeling_dclip import sanitize_boxes, to_rgb
+from modeling_dclip import sanitize_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -65,23 +65,10 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def fallback_load_image(path: str | os.PathLike) -> Image.Image | None:
-    """Open `path` as an upright RGB image, or `None` (logged) when it is missing or undecodable."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        logger.warning("Skipping unreadable image %s: %s", path, error)
-        return None
-
-
 def default_image_loader() -> Callable[[str], Image.Image | None]:
-    """`training.data.load_image` (the pipeline's one image loader) when available, else a local equivalent."""
-    try:
-        from training.data import load_image
-    except ImportError:
-        return fallback_load_image
+    """The pipeline's one image loader, `training.data.load_image` (upright RGB, `None` + counted on failure)."""
+    from .data import load_image
+
     return load_image
 
 
