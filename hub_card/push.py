@@ -8,6 +8,7 @@ request, optionally to a private repository). `dclip push` does both.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -101,7 +102,13 @@ def _hub_processor(processor: Any, kind: str) -> Any:
             f"processor must carry an image_processor and a tokenizer (a CLIPProcessor or DCLIPProcessor), got "
             f"{type(processor).__name__}."
         )
+    # Copies: saving remote code writes `auto_map` into the components, which must not leak into the caller's objects
+    # (or from a teacher's processor into a student folder that has no custom code).
+    image_processor, tokenizer = copy.deepcopy(image_processor), copy.deepcopy(tokenizer)
     if kind == "student":
+        if hasattr(image_processor, "auto_map"):
+            del image_processor.auto_map
+        tokenizer.init_kwargs.pop("auto_map", None)
         return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     # Exported as remote code next to the teacher, so `AutoProcessor.from_pretrained(..., trust_remote_code=True)`
     # returns the region-cropping processor (registering is idempotent and only affects saving).
