@@ -213,6 +213,27 @@ def save_for_hub(
     return allowed
 
 
+def check_hub_folder(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """`select_upload_files` of a complete Hub folder (README card, config and safetensors weights).
+
+    Raises:
+        FileNotFoundError: the folder is missing or incomplete.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Hub folder {str(root)!r} does not exist; write it with save_for_hub first.")
+    files, skipped = select_upload_files(root)
+    missing = [name for name in ("README.md", "config.json") if name not in files]
+    if not any(name.endswith(".safetensors") for name in files):
+        missing.append("*.safetensors")
+    if missing:
+        raise FileNotFoundError(
+            f"{str(root)!r} is not a complete Hub folder (missing {missing}); build it with "
+            "hub_card.push.save_for_hub or `dclip push --model_dir ...`."
+        )
+    return files, skipped
+
+
 def push(
     folder: str | os.PathLike,
     repo_id: str,
@@ -244,18 +265,7 @@ def push(
         ValueError: no token is available (before anything is sent).
     """
     root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Hub folder {str(root)!r} does not exist; write it with save_for_hub first.")
-    files, skipped = select_upload_files(root)
-    has_weights = any(name.endswith(".safetensors") for name in files)
-    missing = [name for name in ("README.md", "config.json") if name not in files]
-    if not has_weights:
-        missing.append("*.safetensors")
-    if missing:
-        raise FileNotFoundError(
-            f"{str(root)!r} is not a complete Hub folder (missing {missing}); build it with "
-            "hub_card.push.save_for_hub or `dclip push --model_dir ...`."
-        )
+    files, skipped = check_hub_folder(root)
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}.")
     token = token or get_token()
@@ -355,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         files = save_for_hub(model, processor, args.folder, card, plots=plots, overwrite=args.overwrite)
     else:
-        files = select_upload_files(args.folder)[0]
+        files = check_hub_folder(args.folder)[0]
     if args.dry_run:
         print(f"Dry run: {len(files)} file(s) in {args.folder} would be uploaded to {args.repo_id}:")
         print("\n".join(f"  {name}" for name in files))

@@ -365,3 +365,8 @@ def test_push_cli_exports_a_checkpoint_and_dry_runs(
     assert "| t2i_recall@1 | 10.00 | 12.00 | +20.0 % |" in card_text
     with pytest.raises(ValueError, match="teacher"):
         push_module.main([*argv, "--kind", "teacher", "--overwrite"])
+    # An existing folder dry-runs as is; a missing one is an error, not "0 files".
+    assert push_module.main(["--folder", str(folder), "--repo_id", STUDENT_REPO, "--dry_run"]) == 0
+    assert "7 file(s)" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        push_module.main(["--folder", str(tmp_path / "nope"), "--repo_id", STUDENT_REPO, "--dry_run"])
