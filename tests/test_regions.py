@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -24,6 +27,7 @@ from training.regions import (
     region_cache,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(64, 48), (40, 40), (50, 30), (33, 57), (48, 64), (60, 20), (25, 45)]
 
 
@@ -279,3 +283,36 @@ def test_cli_extracts_grid_regions_from_a_csv_dataset(tmp_path, capsys):
     assert report["computed"] == 3 and os.path.basename(report["cache_dir"]).startswith("regions-grid-")
     table = load_region_cache(report["cache_dir"])
     assert len(table) == 3 and all(len(table[key]) == 4 for key in table.regions)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_splits_images_across_two_processes_and_merges(tmp_path):
+    images = tmp_path / "data"
+    images.mkdir()
+    make_images(images, SIZES[:6])
+    csv_path = images / "captions.csv"
+    csv_path.write_text("image,caption\n" + "".join(f"img{i}.png,caption {i}\n" for i in range(6)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += [
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
+    argv = ["-m", "training.extract_regions", "--source_type", "csv", "--source_path", str(csv_path)]
+    argv += ["--source", "grid", "--cache_dir", str(tmp_path / "cache"), "--chunk_size", "1", "--no_progress"]
+    completed = subprocess.run([*launcher, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    assert meta["complete"] and meta["num_images"] == 6
+    assert meta["last_run"]["computed"] == 6 and meta["last_run"]["counts"]["boxes"] == 6 * 9  # summed over ranks
+    assert json.loads(completed.stdout)["computed"] == 6  # printed once, by the main process
+    assert list((tmp_path / "cache" / "shards").iterdir()) == []
+    table = load_region_cache(tmp_path / "cache")
+    assert sorted(table.regions) == [f"img{i}" for i in range(6)]

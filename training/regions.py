@@ -304,8 +304,28 @@ class CacheRunSummary:
 
 def _partial_state():
     from accelerate import PartialState
+    from accelerate.utils import get_torch_accelerator_backend
 
-    return PartialState()
+    # Without cpu=True, `accelerate launch --multi_gpu --num_processes N` on a machine without an accelerator leaves
+    # every process believing it is alone (DistributedType.NO), and each would redo all the work.
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=use_cpu or get_torch_accelerator_backend()[0] is None)
+
+
+def _gather(summary: CacheRunSummary) -> list[CacheRunSummary]:
+    from accelerate.utils import gather_object
+
+    return gather_object([summary])
+
+
+def _summed(parts: Sequence[CacheRunSummary]) -> CacheRunSummary:
+    total = CacheRunSummary(total=parts[0].total, skipped_cached=parts[0].skipped_cached)
+    for part in parts:
+        total.computed += part.computed
+        total.counts.update(part.counts)
+        total.failed_images.extend(part.failed_images)
+        total.seconds = max(total.seconds, part.seconds)
+    return total
 
 
 def run_sharded(
@@ -358,6 +378,8 @@ def run_sharded(
         bar.close()
     summary.seconds = time.perf_counter() - start
     state.wait_for_everyone()
+    if state.num_processes > 1:
+        summary = _summed(_gather(summary))
     if state.is_main_process:
         cache.merge(last_run=summary.to_dict())
     state.wait_for_everyone()
