@@ -363,3 +363,91 @@ def test_default_arguments_are_the_papers_hyper_parameters(tmp_path):
     assert (student.per_device_train_batch_size, student.gradient_accumulation_steps) == (32, 4)
     assert (student.num_train_epochs, student.trainable_policy, student.temperature) == (2, "paper_code", 0.05)
     assert (student.weight_image, student.weight_text, student.weight_contrastive) == (1, 1, 1)
+
+
+def test_paper_experiment_files_hold_methods_hyper_parameters():
+    expected_clip = {"paper_vitb16": "openai/clip-vit-base-patch16", "paper_vitl14": "openai/clip-vit-large-patch14"}
+    for name, clip in expected_clip.items():
+        path = f"training/configs/experiments/{name}.yaml"
+        model_args, _, teacher = parse_stage_args("teacher", [path])
+        assert model_args.clip_name_or_path == clip
+        assert (model_args.cross_attention_heads, model_args.cross_layers) == (8, 1)
+        assert (teacher.learning_rate, teacher.weight_decay, teacher.per_device_train_batch_size) == (1e-5, 0.0, 32)
+        assert (teacher.seed, teacher.temperature, teacher.lr_scheduler_type) == (42, 0.05, "constant")
+        assert teacher.num_train_epochs == (5 if name == "paper_vitb16" else 4)
+        _, _, student = parse_stage_args("student", [path])
+        assert (student.learning_rate, student.weight_decay, student.max_grad_norm) == (1e-6, 0.01, 0.5)
+        assert (student.per_device_train_batch_size, student.gradient_accumulation_steps) == (32, 4)
+        assert (student.num_train_epochs, student.trainable_policy) == (2, "paper_code")
+        assert (student.weight_image, student.weight_text, student.weight_contrastive) == (1.0, 1.0, 1.0)
+
+
+def test_command_line_stages_run_from_saved_dataset_and_caches(tmp_path, tiny_tokenizer, tiny_image_processor):
+    import numpy as np
+    from datasets import Dataset as HFDataset
+    from PIL import Image
+    from transformers import CLIPProcessor
+
+    from modeling_dclip import DCLIPProcessor
+    from training.cli import main as dclip
+    from training.features import compute_image_features, compute_teacher_targets, compute_text_features
+    from training.features import load_image_features, load_text_features
+    from training.regions import AnnotationRegionSource, extract_regions, load_region_cache
+
+    torch.manual_seed(0)
+    clip_dir = tmp_path / "clip"
+    base = DCLIPStudentModel(DCLIPStudentModel.config_class.from_clip_config(tiny_clip_config(len(tiny_tokenizer))))
+    base.save_pretrained(clip_dir)
+    CLIPProcessor(image_processor=tiny_image_processor, tokenizer=tiny_tokenizer).save_pretrained(clip_dir)
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(8):
+        path = tmp_path / f"img{index}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    rows = {
+        "image_id": [f"img{i}" for i in range(8)],
+        "image": paths,
+        "captions": [["a red circle", "a blue square"], ["a cat on a laptop"]] * 4,
+        "split": ["train"] * 6 + ["val"] * 2,
+        "boxes": [[[2, 3, 20, 18], [10, 0, 38, 30]]] * 8,
+        "box_labels": [["obj", "obj"]] * 8,
+        "source": ["synthetic"] * 8,
+        "scene": [""] * 8,
+    }
+    dataset = HFDataset.from_dict(rows)
+    dataset.save_to_disk(str(tmp_path / "dataset"))
+    teacher = DCLIPTeacherModel.from_clip(clip_dir)
+    processor = DCLIPProcessor(image_processor=tiny_image_processor, tokenizer=tiny_tokenizer)
+    extract_regions(dataset, AnnotationRegionSource(), tmp_path / "regions", progress=False)
+    regions = load_region_cache(tmp_path / "regions")
+    compute_image_features(dataset, regions, teacher, processor, tmp_path / "img", progress=False)
+    compute_text_features(dataset, teacher, processor, tmp_path / "txt", progress=False)
+
+    common = ["--clip_name_or_path", str(clip_dir), "--dataset_dir", str(tmp_path / "dataset")]
+    common += ["--text_features_dir", str(tmp_path / "txt"), "--per_device_train_batch_size", "3"]
+    common += ["--num_train_epochs", "1", "--disable_tqdm", "true", "--report_to", "none"]
+    teacher_dir = tmp_path / "teacher"
+    assert (
+        dclip(
+            ["train-teacher", *common, "--image_features_dir", str(tmp_path / "img"), "--output_dir", str(teacher_dir)]
+        )
+        == 0
+    )
+    trained = DCLIPTeacherModel.from_pretrained(teacher_dir)
+    compute_teacher_targets(
+        dataset,
+        trained,
+        load_image_features(tmp_path / "img"),
+        load_text_features(tmp_path / "txt"),
+        tmp_path / "targets",
+        progress=False,
+    )
+    student_dir = tmp_path / "student"
+    student_flags = ["--teacher_targets_dir", str(tmp_path / "targets"), "--output_dir", str(student_dir)]
+    assert dclip(["train-student", *common, *student_flags, "--gradient_accumulation_steps", "1"]) == 0
+    student = DCLIPStudentModel.from_pretrained(student_dir)
+    assert not torch.equal(student.visual_projection.weight, base.visual_projection.weight)
+    assert torch.equal(
+        student.vision_model.embeddings.patch_embedding.weight, base.vision_model.embeddings.patch_embedding.weight
+    )

@@ -8,9 +8,9 @@ Three ways to pass them (the same for `python -m training.train_teacher`, `accel
 * `--config experiment.yaml` plus flags, where the flags override the file.
 
 A file is either flat (its keys are this stage's argument names) or an experiment file with one section per stage:
-top-level scalar keys are shared by both stages, the `teacher:` / `student:` section holds the stage's own values and
-wins over the shared ones, and every other section (`data:`, `regions:`, `evaluation:`, ...) belongs to other steps
-and is not read here. A key in the stage's section that is no argument of the stage is an error (a typo must not be
+top-level scalar keys are shared by both stages, `base: {clip_name_or_path: ...}` names the base CLIP, the
+`teacher:` / `student:` section holds the stage's own values and wins over the shared ones, and every other section
+(`data:`, `regions:`, `evaluation:`, ...) belongs to other steps and is not read here (`docs/training.md`). A key in the stage's section that is no argument of the stage is an error (a typo must not be
 silently ignored); an unknown top-level scalar is logged and skipped (it may belong to another step).
 
 Training knobs (loss weights, temperature, trainable parameters) live here, never in the model configs.
@@ -246,6 +246,10 @@ def load_stage_config(path: str | os.PathLike, stage: str) -> dict[str, Any]:
             values[key] = value
         else:
             logger.info("%s: top-level key %r is no %s-stage argument; skipped.", path, key, stage)
+    base = data.get("base")
+    if isinstance(base, dict) and base.get("clip_name_or_path"):
+        # The pipeline's `base:` section names the base CLIP; a standalone stage reads the same file.
+        values["clip_name_or_path"] = base["clip_name_or_path"]
     section = data.get(stage) or {}
     if not isinstance(section, dict):
         raise ValueError(f"Section {stage!r} of {str(path)!r} must be a mapping, got {type(section).__name__}.")
