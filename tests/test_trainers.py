@@ -390,8 +390,13 @@ def test_command_line_stages_run_from_saved_dataset_and_caches(tmp_path, tiny_to
 
     from modeling_dclip import DCLIPProcessor
     from training.cli import main as dclip
-    from training.features import compute_image_features, compute_teacher_targets, compute_text_features
-    from training.features import load_image_features, load_text_features
+    from training.features import (
+        compute_image_features,
+        compute_teacher_targets,
+        compute_text_features,
+        load_image_features,
+        load_text_features,
+    )
     from training.regions import AnnotationRegionSource, extract_regions, load_region_cache
 
     torch.manual_seed(0)

@@ -10,8 +10,9 @@ Three ways to pass them (the same for `python -m training.train_teacher`, `accel
 A file is either flat (its keys are this stage's argument names) or an experiment file with one section per stage:
 top-level scalar keys are shared by both stages, `base: {clip_name_or_path: ...}` names the base CLIP, the
 `teacher:` / `student:` section holds the stage's own values and wins over the shared ones, and every other section
-(`data:`, `regions:`, `evaluation:`, ...) belongs to other steps and is not read here (`docs/training.md`). A key in the stage's section that is no argument of the stage is an error (a typo must not be
-silently ignored); an unknown top-level scalar is logged and skipped (it may belong to another step).
+(`data:`, `regions:`, `evaluation:`, ...) belongs to other steps and is not read here (`docs/training.md`).
+A key in the stage's section that is no argument of the stage is an error (a typo must not be silently ignored); an
+unknown top-level scalar is logged and skipped (it may belong to another step).
 
 Training knobs (loss weights, temperature, trainable parameters) live here, never in the model configs.
 """
