@@ -49,6 +49,9 @@ _DIRECTIONS = {
 _ZERO_SHOT_TASK = ("zero-shot-image-classification", "Zero-Shot Image Classification")
 _ZERO_SHOT_KEY = re.compile(r"(top[-_@]?\d+|acc|accuracy|per[-_]class)", re.IGNORECASE)
 _HARD_NEGATIVE_KEY = re.compile(r"(hard|^hn_|_hn_|swap|negative)", re.IGNORECASE)
+# Set sizes and skip counters (`n_images`, `hn_color_count`, `hn_skipped_images`, ...) are not results.
+_COUNT_KEY = re.compile(r"(^n_|_n_|^num_|_count$|skipped|failed)", re.IGNORECASE)
+_DATASET_KINDS = {"retrieval": "retrieval", "zero_shot": "zero_shot", "hard_negatives": "other"}
 _TOP1_KEY = re.compile(r"(^|[^0-9])(top[-_@]?1|acc(uracy)?@1|top1_acc(uracy)?)($|[^0-9])", re.IGNORECASE)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _BASE_NAMES = ("base", "clip", "baseline", "base_clip", "clip_base", "frozen_clip")
@@ -205,16 +208,38 @@ def _display_value(value: Any) -> str:
 # --------------------------------------------------------------------------------------------------- results
 
 
-def classify_metric(dataset: str, metric: str) -> tuple[str, str, str]:
-    """Group of a metric: `("retrieval", direction, name)`, `("zero_shot", "", name)` or `("other", "", name)`."""
+def classify_metric(dataset: str, metric: str, dataset_kind: str | None = None) -> tuple[str, str, str]:
+    """Group of a metric: `("retrieval", direction, name)`, `("zero_shot", "", name)`, `("count", "", name)` or
+    `("other", "", name)` (hard negatives and unknown metrics).
+
+    `dataset_kind` is the set's kind from `results["meta"]["datasets"]` (`retrieval`, `zero_shot`,
+    `hard_negatives`); without it the metric and set names decide.
+    """
+    if _COUNT_KEY.search(metric):
+        return "count", "", metric
     match = _RETRIEVAL_KEY.match(metric)
-    if match:
+    if match and dataset_kind in (None, "retrieval"):
         return "retrieval", match.group(1), match.group(2)
+    if dataset_kind in _DATASET_KINDS:
+        return ("zero_shot" if dataset_kind == "zero_shot" else "other"), "", metric
     if _HARD_NEGATIVE_KEY.search(metric) or _HARD_NEGATIVE_KEY.search(dataset):
         return "other", "", metric
     if _ZERO_SHOT_KEY.search(metric):
         return "zero_shot", "", metric
     return "other", "", metric
+
+
+def dataset_kinds(results: Mapping[str, Any] | None) -> dict[str, str]:
+    """`{set: kind}` from `results["meta"]["datasets"]` (empty when the run did not record it)."""
+    meta = (results or {}).get("meta")
+    datasets = meta.get("datasets") if isinstance(meta, Mapping) else None
+    if not isinstance(datasets, Mapping):
+        return {}
+    return {
+        str(name): str(info["kind"])
+        for name, info in datasets.items()
+        if isinstance(info, Mapping) and isinstance(info.get("kind"), str)
+    }
 
 
 def _number(value: Any) -> float | None:
@@ -296,12 +321,13 @@ def eval_results_for(results: Mapping[str, Any] | None, model_key: str | None) -
     models = _model_table(results or {})
     if model_key is None or model_key not in models:
         return []
+    kinds = dataset_kinds(results)
     out = []
     for dataset, metrics in models[model_key].items():
         for metric, raw in metrics.items():
             value = _number(raw)
-            group, direction, name = classify_metric(dataset, metric)
-            if value is None or group == "other":
+            group, direction, name = classify_metric(dataset, metric, kinds.get(dataset))
+            if value is None or group not in ("retrieval", "zero_shot"):
                 continue
             task_type, task_name = _DIRECTIONS[direction] if group == "retrieval" else _ZERO_SHOT_TASK
             out.append(
@@ -333,11 +359,12 @@ def zero_shot_retention(
     models = _model_table(results or {})
     if model_key not in models or base_key not in models:
         return {}
+    kinds = dataset_kinds(results)
     retention = {}
     for dataset, metrics in models[model_key].items():
         base_metrics = models[base_key].get(dataset, {})
         for metric, raw in metrics.items():
-            if classify_metric(dataset, metric)[0] != "zero_shot" or not _TOP1_KEY.search(metric):
+            if classify_metric(dataset, metric, kinds.get(dataset))[0] != "zero_shot" or not _TOP1_KEY.search(metric):
                 continue
             ratio = relative_gain(_number(raw), _number(base_metrics.get(metric)))
             if ratio is not None:
@@ -351,6 +378,11 @@ def _fmt(value: Any) -> str:
     if number is not None:
         return f"{number:.2f}"
     return "—" if value is None else str(value)
+
+
+def _count(value: Any) -> str:
+    number = _number(value)
+    return f"{number:,.0f}" if number is not None and number == int(number) else _fmt(value)
 
 
 def _fmt_gain(gain: float | None) -> str:
@@ -372,10 +404,16 @@ def results_tables(results: Mapping[str, Any] | None, model_key: str | None, bas
     if model_key is None:
         blocks.append(f"This checkpoint itself was {NOT_EVALUATED}; the run evaluated the models below.\n")
     show_gain = model_key is not None and base_key is not None
+    kinds = dataset_kinds(results)
     for dataset in datasets:
         metrics: list[str] = []
+        counts: dict[str, Any] = {}
         for name in order:
-            metrics += [m for m in models[name].get(dataset, {}) if m not in metrics]
+            for metric, value in models[name].get(dataset, {}).items():
+                if classify_metric(dataset, metric, kinds.get(dataset))[0] == "count":
+                    counts.setdefault(metric, value)
+                elif metric not in metrics:
+                    metrics.append(metric)
         header = ["metric"] + [f"**{n}** (this model)" if n == model_key else n for n in order]
         if show_gain:
             header.append("relative gain")
@@ -396,6 +434,11 @@ def results_tables(results: Mapping[str, Any] | None, model_key: str | None, bas
                 )
                 row.append(_fmt_gain(gain))
             lines.append("| " + " | ".join(row) + " |")
+        if counts:
+            lines += [
+                "",
+                "Set size and skips: " + ", ".join(f"`{key}` {_count(value)}" for key, value in counts.items()),
+            ]
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
 
