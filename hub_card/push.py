@@ -306,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo_id", required=True, help="target repository, e.g. my-org/dclip-vit-b16")
     parser.add_argument("--model_dir", help="a saved student or teacher checkpoint (with its processor) to export")
     parser.add_argument("--kind", choices=("student", "teacher"), help="checkpoint kind (default: from its config)")
+    parser.add_argument("--processor_dir", help="folder of the saved processor (default: --model_dir)")
     parser.add_argument("--results", help="results.json of `dclip evaluate` for the card")
     parser.add_argument("--config", help="the run's experiment YAML / arguments JSON for the card")
     parser.add_argument("--plots", nargs="*", default=None, help="PNG plots (default: *.png beside --results)")
@@ -322,8 +323,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_checkpoint(model_dir: str | os.PathLike, kind: str | None = None) -> tuple[Any, Any, str]:
-    """Load a saved DCLIP checkpoint and its processor: `(model, processor, kind)`."""
+def load_checkpoint(
+    model_dir: str | os.PathLike, kind: str | None = None, processor_dir: str | os.PathLike | None = None
+) -> tuple[Any, Any, str]:
+    """Load a saved DCLIP checkpoint and its processor: `(model, processor, kind)`.
+
+    Args:
+        model_dir: a folder a training stage saved (a student writes `model_type: clip`, a teacher `dclip_teacher`).
+        kind: the expected kind; a mismatch raises `ValueError`.
+        processor_dir: where the processor was saved (default: `model_dir`).
+    """
     from transformers import AutoConfig, AutoProcessor
 
     # Importing modeling_dclip registers the DCLIP classes with the Auto* factories.
@@ -333,14 +342,27 @@ def load_checkpoint(model_dir: str | os.PathLike, kind: str | None = None) -> tu
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; pass the folder a training stage saved.")
     model_type = AutoConfig.from_pretrained(path).model_type
-    detected = "teacher" if model_type == "dclip_teacher" else "student"
+    kinds = {"dclip_teacher": "teacher", "clip": "student", "dclip_student": "student"}
+    if model_type not in kinds:
+        raise ValueError(f"{str(path)!r} holds a {model_type!r} model, not a DCLIP student (clip) or teacher.")
+    detected = kinds[model_type]
     if kind is not None and kind != detected:
         raise ValueError(f"--kind {kind} does not match the checkpoint in {str(path)!r} (model_type {model_type!r}).")
     if detected == "teacher":
         model = DCLIPTeacherModel.from_pretrained(path)
     else:
         model = DCLIPStudentModel.from_clip(CLIPModel.from_pretrained(path))
-    return model, AutoProcessor.from_pretrained(path), detected
+    processor_path = Path(processor_dir) if processor_dir is not None else path
+    try:
+        processor = AutoProcessor.from_pretrained(processor_path)
+    except (OSError, ValueError, TypeError) as error:
+        processor = error
+    if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
+        raise FileNotFoundError(
+            f"No CLIP/DCLIP processor (image processor + tokenizer) could be loaded from {str(processor_path)!r} "
+            f"({processor}); save the processor next to the checkpoint or pass its folder as --processor_dir."
+        )
+    return model, processor, detected
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     if args.model_dir:
-        model, processor, kind = load_checkpoint(args.model_dir, args.kind)
+        model, processor, kind = load_checkpoint(args.model_dir, args.kind, args.processor_dir)
         plots = [Path(p) for p in (args.plots if args.plots is not None else default_plots(args.results))]
         card = build_card(
             kind=kind,

@@ -370,3 +370,10 @@ def test_push_cli_exports_a_checkpoint_and_dry_runs(
     assert "7 file(s)" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="does not exist"):
         push_module.main(["--folder", str(tmp_path / "nope"), "--repo_id", STUDENT_REPO, "--dry_run"])
+    # A checkpoint saved without its processor gets a clear error naming the fix.
+    bare = tmp_path / "bare"
+    student.save_pretrained(bare)
+    with pytest.raises(FileNotFoundError, match="--processor_dir"):
+        push_module.load_checkpoint(bare)
+    model, processor, kind = push_module.load_checkpoint(bare, "student", processor_dir=checkpoint)
+    assert kind == "student" and isinstance(processor, CLIPProcessor)
