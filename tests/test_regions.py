@@ -21,6 +21,7 @@ from training.regions import (
     StaleCacheError,
     WholeImageRegionSource,
     YoloRegionSource,
+    batch_plan,
     default_region_cache_dir,
     extract_regions,
     load_region_cache,
@@ -125,7 +126,7 @@ def naive_clean(width, height):
 def test_fake_detector_boxes_are_sanitised_with_their_scores_and_labels(tmp_path):
     paths = make_images(tmp_path)
     detector = FakeDetector(empty_ids={SIZES[1]})
-    source = YoloRegionSource(detector=detector, batch_size=3, conf=0.3, classes=[0, 2])
+    source = YoloRegionSource(detector=detector, batch_size=3, mix_shapes=True, conf=0.3, classes=[0, 2])
     summary = extract_regions(make_dataset(paths), source, tmp_path / "cache", chunk_size=4, progress=False)
     table = load_region_cache(tmp_path / "cache")
     assert len(table) == len(SIZES)
@@ -146,6 +147,24 @@ def test_fake_detector_boxes_are_sanitised_with_their_scores_and_labels(tmp_path
     assert detector.settings[0]["conf"] == 0.3 and detector.settings[0]["classes"] == [0, 2]
     assert detector.settings[0]["iou"] == 0.7 and detector.settings[0]["imgsz"] == 640
     assert detector.settings[0]["max_det"] == 300
+
+
+def test_batch_plan_groups_equal_sizes_and_mixes_others_only_when_asked():
+    sizes = [(640, 480), (500, 375), (640, 480), (480, 640), (640, 480), (640, 480), (640, 480), (333, 500)]
+    plan = batch_plan(sizes, 2, mix_shapes=False)
+    assert sorted(i for batch in plan for i in batch) == list(range(len(sizes)))  # every image exactly once
+    for batch in plan:
+        assert len(batch) <= 2 and len({sizes[i] for i in batch}) == 1  # never a mixed batch on a CPU
+    assert sum(len(batch) == 2 for batch in plan) == 2  # the five 640x480 images: two full batches + one single
+    mixed = batch_plan(sizes, 3, mix_shapes=True)
+    assert sorted(i for batch in mixed for i in batch) == list(range(len(sizes)))
+    assert [len(batch) for batch in mixed] == [3, 3, 2]  # 640x480 batch of 3, then the leftovers mixed
+
+
+def test_yolo_half_is_passed_as_ultralytics_quantize():
+    detector = FakeDetector()
+    YoloRegionSource(detector=detector, half=True)([Image.new("RGB", (30, 20))], [{}])
+    assert detector.settings[0]["quantize"] == 16 and "half" not in detector.settings[0]
 
 
 def test_exif_rotated_image_is_detected_upright(tmp_path):

@@ -48,6 +48,12 @@ class RegionArguments:
     device: str | None = field(default=None, metadata={"help": "YOLO device, e.g. cpu, 0 (default: ultralytics')."})
     half: bool = field(default=False, metadata={"help": "YOLO fp16 inference (GPU only)."})
     batch_size: int = field(default=16, metadata={"help": "Images per YOLO predict call."})
+    mix_shapes: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Batch images of different sizes together (default: on a GPU only; a CPU runs them singly)."
+        },
+    )
     grid_size: int = field(default=3, metadata={"help": "Cells per side for the `grid` source."})
     min_box_size: float = field(default=1.0, metadata={"help": "Drop boxes thinner than this many pixels."})
     chunk_size: int = field(default=256, metadata={"help": "Images per cache shard (a kill loses at most one)."})

@@ -541,6 +541,7 @@ class YoloRegionSource(RegionSource):
         weights: `.pt` file (must exist locally) or a `.yaml` model definition (random weights).
         conf, iou, imgsz, max_det, classes, device, half: ultralytics predict settings.
         batch_size: images per predict call.
+        mix_shapes: batch images of different sizes together (default: only on a GPU; see [`batch_plan`]).
         detector: an already built detector (anything with ultralytics' `predict(images, **settings)`), e.g. a fake in
             tests; ultralytics is then not imported.
         detector_name: identifies an injected detector in the cache fingerprint.
@@ -561,6 +562,7 @@ class YoloRegionSource(RegionSource):
         device: str | None = None,
         half: bool = False,
         batch_size: int = 16,
+        mix_shapes: bool | None = None,
         detector: Any | None = None,
         detector_name: str | None = None,
         run_dir: str | os.PathLike | None = None,
@@ -579,6 +581,7 @@ class YoloRegionSource(RegionSource):
         }
         self.device = device
         self.batch_size = batch_size
+        self.mix_shapes = mix_shapes
         if detector is not None:
             self.detector = detector
             self.weights_id = detector_name or type(detector).__qualname__
@@ -597,17 +600,53 @@ class YoloRegionSource(RegionSource):
         return {"source": self.name, "weights": self.weights_id, **self.settings}
 
     def __call__(self, images, rows):
-        kwargs = {k: v for k, v in self.settings.items() if v is not None}
+        kwargs = {k: v for k, v in self.settings.items() if v is not None and k != "half"}
+        if self.settings["half"]:
+            kwargs["quantize"] = 16  # ultralytics 8.4 spelling of half=True (`half` is deprecated there)
         if self.device is not None:
             kwargs["device"] = self.device
-        out: list[Regions] = []
-        for start in range(0, len(images), self.batch_size):
-            batch = list(images[start : start + self.batch_size])
-            results = self.detector.predict(batch, verbose=False, save=False, **kwargs)
+        out: list[Regions | None] = [None] * len(images)
+        for batch in batch_plan([image.size for image in images], self.batch_size, self._mix_shapes()):
+            results = self.detector.predict([images[i] for i in batch], verbose=False, save=False, **kwargs)
             if len(results) != len(batch):
                 raise RuntimeError(f"The detector returned {len(results)} results for {len(batch)} images.")
-            out.extend(_regions_from_result(result) for result in results)
+            for index, result in zip(batch, results):
+                out[index] = _regions_from_result(result)
         return out
+
+    def _mix_shapes(self) -> bool:
+        if self.mix_shapes is not None:
+            return self.mix_shapes
+        import torch
+
+        return torch.cuda.is_available() and str(self.device).lower() != "cpu"
+
+
+def batch_plan(sizes: Sequence[tuple[int, int]], batch_size: int, mix_shapes: bool) -> list[list[int]]:
+    """Group image indices into predict batches.
+
+    Ultralytics letterboxes a batch of equal-sized images to a tight rectangle but a mixed batch to a full
+    `imgsz x imgsz` square, which costs more than it saves on a CPU (benchmarks/bench_regions.py). So equal-sized
+    images are batched together first; the rest are batched together only when `mix_shapes` (a GPU), else one by one.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(index)
+    batches, leftovers = [], []
+    for members in groups.values():
+        full = len(members) - len(members) % batch_size if len(members) >= batch_size else 0
+        batches += [members[i : i + batch_size] for i in range(0, full, batch_size)]
+        rest = members[full:]
+        if len(rest) > 1 and not mix_shapes:
+            batches.append(rest)  # still one shape: a tight rectangle
+        else:
+            leftovers += rest
+    if mix_shapes:
+        leftovers.sort()
+        batches += [leftovers[i : i + batch_size] for i in range(0, len(leftovers), batch_size)]
+    else:
+        batches += [[index] for index in leftovers]
+    return batches
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -636,8 +675,8 @@ def build_region_source(source: str, **settings: Any) -> RegionSource:
     Settings that do not apply to the chosen source are ignored (one argument dataclass serves all sources).
     """
     if source == "yolo":
-        keys = ("weights", "conf", "iou", "imgsz", "max_det", "classes", "device", "half", "batch_size", "detector")
-        keys += ("detector_name", "run_dir")
+        keys = ("weights", "conf", "iou", "imgsz", "max_det", "classes", "device", "half", "batch_size", "mix_shapes")
+        keys += ("detector", "detector_name", "run_dir")
         return YoloRegionSource(**{k: settings[k] for k in keys if k in settings})
     if source == "grid":
         return GridRegionSource(settings.get("grid_size", 3))
