@@ -401,8 +401,6 @@ def results_tables(results: Mapping[str, Any] | None, model_key: str | None, bas
     for name in order:
         datasets += [ds for ds in models[name] if ds not in datasets]
     blocks = []
-    if model_key is None:
-        blocks.append(f"This checkpoint itself was {NOT_EVALUATED}; the run evaluated the models below.\n")
     show_gain = model_key is not None and base_key is not None
     kinds = dataset_kinds(results)
     for dataset in datasets:
@@ -417,7 +415,9 @@ def results_tables(results: Mapping[str, Any] | None, model_key: str | None, bas
         header = ["metric"] + [f"**{n}** (this model)" if n == model_key else n for n in order]
         if show_gain:
             header.append("relative gain")
-        lines = [f"**{pretty_dataset(dataset)}** (`{dataset}`)", "", "| " + " | ".join(header) + " |"]
+        kind_label = {"retrieval": ", retrieval", "zero_shot": ", zero-shot", "hard_negatives": ", hard negatives"}
+        title = f"**{pretty_dataset(dataset)}** (`{dataset}`{kind_label.get(kinds.get(dataset, ''), '')})"
+        lines = [title, "", "| " + " | ".join(header) + " |"]
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         for metric in metrics:
             label = f"{metric} (lower is better)" if _lower_is_better(metric) else metric
@@ -603,6 +603,7 @@ def build_card(
         repo_id=repo_id,
         base_display=base_display,
         results_tables=results_tables(results, model_key, base_key),
+        has_results=bool(_model_table(results or {})),
         headline=headline(results, model_key, base_key),
         model_key=model_key or NOT_EVALUATED,
         base_key=base_key or NOT_EVALUATED,

@@ -185,7 +185,7 @@ def test_teacher_card_uses_remote_code_and_reports_missing_teacher_results():
     assert not reloaded.data.eval_results  # the run has no teacher entry
     snippet = usage_snippet(card)
     assert 'AutoModel.from_pretrained("org/dclip-teacher-tiny", trust_remote_code=True)' in snippet
-    assert "This checkpoint itself was not evaluated" in card.text
+    assert "This checkpoint was not evaluated directly (the teacher embeds image–caption *pairs*" in card.text
 
 
 def test_model_names_resolve_from_hints_names_and_explicit_keys():
