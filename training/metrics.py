@@ -82,17 +82,23 @@ _COL_GROUP = 8 * _LANES
 
 def _padded_block(embeds: torch.Tensor, start: int, stop: int, multiple: int) -> torch.Tensor:
     block = _block(embeds, start, stop)
+    if stop - start < multiple:  # small blocks are counted directly; padding them would cost more than it saves
+        return block
     return F.pad(block, (0, 0, 0, -(stop - start) % multiple))
 
 
 def _count_per_row(mask: torch.Tensor) -> torch.Tensor:
     rows, cols = mask.shape
+    if cols % _COL_GROUP:
+        return mask.sum(1)
     words = mask.contiguous().view(torch.int64).view(rows, cols // _COL_GROUP, _LANES).sum(2)
     return words.view(torch.uint8).sum(1, dtype=torch.int64)
 
 
 def _count_per_column(mask: torch.Tensor) -> torch.Tensor:
     rows, cols = mask.shape
+    if rows % _ROW_GROUP or cols % 8:
+        return mask.sum(0)
     words = mask.contiguous().view(torch.int64).view(rows // _ROW_GROUP, _ROW_GROUP, cols // 8).sum(1)
     return words.view(torch.uint8).sum(0, dtype=torch.int64)
 
