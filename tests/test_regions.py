@@ -190,6 +190,13 @@ def test_random_yolo_yaml_detector_records_no_detections(tmp_path, monkeypatch):
     assert [len(table[f"img{i}"]) for i in range(2)] == [0, 0]
     assert summary.counts["no_detections"] == 2
     assert source.describe()["weights"] == "random-init:yolov8n.yaml"
+    # A local .pt file (here: the random detector saved offline) loads without any download, fingerprinted by hash.
+    weights = tmp_path / "weights" / "random.pt"
+    weights.parent.mkdir()
+    source.detector.save(str(weights))
+    from_file = YoloRegionSource(weights=str(weights), imgsz=64, device="cpu")
+    assert from_file.describe()["weights"].startswith("sha256:")
+    assert len(from_file([Image.new("RGB", (50, 40))], [{}])[0]) == 0
 
 
 def test_missing_yolo_weights_fail_before_any_work(tmp_path):
