@@ -117,7 +117,9 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 
 
 def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
-    """A named template set (`paper`, `imagenet`, `cifar`, `imagenet80`) or a list of `{c}` templates."""
+    """A named template set (`paper`, `imagenet`, `cifar`, `imagenet80`) or a list of `{c}` (or `{}`) templates."""
+    if isinstance(templates, str) and "{}" in templates:
+        templates = [templates]
     if isinstance(templates, str):
         if templates in TEMPLATE_SETS:
             return TEMPLATE_SETS[templates]
@@ -126,7 +128,7 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
                 f"Unknown template set {templates!r}; use one of {sorted(TEMPLATE_SETS)} or a template with '{{c}}'."
             )
         return (templates,)
-    out = tuple(templates)
+    out = tuple(template.replace("{}", "{c}") for template in templates)
     if not out or any("{c}" not in template for template in out):
         raise ValueError(f"Every prompt template needs a '{{c}}' placeholder for the class name; got {out!r}.")
     return out
