@@ -282,6 +282,7 @@ def test_feature_caches_resume_after_a_kill_and_reject_another_clip(tmp_path, da
     assert summary.skipped_cached == 2 and summary.computed == 3
     compute_image_features(dataset, regions, teacher, processor, tmp_path / "ref", load_image=open_image)
     resumed, reference = load_image_features(tmp_path / "img"), load_image_features(tmp_path / "ref")
+    assert len(resumed._regions.chunks) == 3  # one record batch per merged shard, read without combining
     for i in range(len(dataset)):
         for got, want in zip(resumed.get(f"img{i}"), reference.get(f"img{i}")):
             np.testing.assert_array_equal(got, want)

@@ -118,19 +118,30 @@ def clip_feature_description(model: DCLIPTeacherModel, processor: DCLIPProcessor
 
 
 class _BinaryColumn:
-    """Zero-copy access to a binary column of vectors (memory-mapped Arrow) as numpy arrays."""
+    """Zero-copy access to a binary column of vectors (memory-mapped Arrow) as numpy arrays.
+
+    Chunks are kept as they are: combining them would copy a memory-mapped cache into RAM, and a combined binary array
+    overflows its 32-bit offsets past 2 GiB (a paper-size token cache is larger).
+    """
 
     def __init__(self, column: pa.ChunkedArray, dtype: np.dtype) -> None:
-        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-        if array.type != pa.binary():
-            raise TypeError(f"Expected a binary column, got {array.type}.")
-        _, offsets, data = array.buffers()
-        self.offsets = np.frombuffer(offsets, dtype=np.int32)[array.offset : array.offset + len(array) + 1]
-        self.data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
         self.dtype = np.dtype(dtype)
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in column.chunks])
+        self.chunks = []
+        for chunk in column.chunks:
+            if chunk.type != pa.binary():
+                raise TypeError(f"Expected a binary column, got {chunk.type}.")
+            _, offsets, data = chunk.buffers()
+            offsets = np.frombuffer(offsets, dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+            self.chunks.append(
+                (offsets, np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
+            )
 
     def __getitem__(self, row: int) -> np.ndarray:
-        return self.data[self.offsets[row] : self.offsets[row + 1]].view(self.dtype)
+        chunk = int(np.searchsorted(self.starts, row, side="right")) - 1
+        offsets, data = self.chunks[chunk]
+        local = row - self.starts[chunk]
+        return data[offsets[local] : offsets[local + 1]].view(self.dtype)
 
 
 class ImageFeatureTable:
