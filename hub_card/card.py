@@ -75,8 +75,8 @@ KNOWN_DATASETS = {
 
 _SELECTION_TEXT = {
     "clean": (
-        "**clean** — images of the Karpathy val/test splits were excluded from training, so the retrieval numbers "
-        "below are free of train/test leakage."
+        "**clean** — an exclusion list (the Karpathy val/test images) removed the evaluation images from training, "
+        "so the retrieval numbers below are free of train/test leakage."
     ),
     "synthetic": "**synthetic** — procedurally generated scenes (`training/synthetic.py`), no public test images.",
     "faithful": (
@@ -107,9 +107,16 @@ _HIGHLIGHT_KEYS = (
     "max_grad_norm",
     "lr_scheduler_type",
     "optim",
-    "contrastive_temperature",
-    "loss_temperature",
+    "temperature",
+    "learn_temperature",
+    "weight_image",
+    "weight_text",
+    "weight_contrastive",
     "trainable_policy",
+    "cross_attention_heads",
+    "cross_layers",
+    "empty_region_policy",
+    "use_padding_masks",
     "seed",
 )
 
@@ -180,16 +187,18 @@ def _leaf(flat: Mapping[str, Any], keys: Sequence[str], section: str | None = No
 
     The other stage's section is never read for a stage card: a teacher card must not show the student's lr.
     """
-    other = {"student": "teacher.", "teacher": "student."}.get(section or "")
+    other = {"student": "teacher", "teacher": "student"}.get(section or "")
     for key in keys:
         candidates = ([f"{section}.{key}"] if section else []) + [key]
         for name in candidates:
             if flat.get(name) not in (None, "", [], {}):
                 return flat[name]
         for name, value in flat.items():
-            if other and name.startswith(other):
+            parts = name.split(".")
+            # `smoke:` is an overlay the pipeline applies only with --smoke: its values are not the run's.
+            if parts[0] == "smoke" or (other and other in parts[:-1]):
                 continue
-            if name.endswith("." + key) and value not in (None, "", [], {}):
+            if parts[-1] == key and value not in (None, "", [], {}):
                 return value
     return None
 
@@ -467,6 +476,21 @@ def headline(results: Mapping[str, Any] | None, model_key: str | None, base_key:
 # --------------------------------------------------------------------------------------------------- card
 
 
+def _regions_text(flat: Mapping[str, Any]) -> str:
+    """`yolo (yolov8x.pt, conf 0.25, iou 0.7, imgsz 640, max_det 300)`, `annotations`, ... or not recorded."""
+    source = flat.get("regions.source")
+    if not source:
+        return NOT_RECORDED
+    details = [
+        f"{key} {_display_value(flat[f'regions.{key}'])}"
+        if key != "weights"
+        else _display_value(flat["regions.weights"])
+        for key in ("weights", "conf", "iou", "imgsz", "max_det")
+        if flat.get(f"regions.{key}") not in (None, "")
+    ]
+    return f"{source} ({', '.join(details)})" if details else str(source)
+
+
 def _source_names(flat: Mapping[str, Any]) -> str | None:
     """`coco (≤ 50000 images), flickr30k` from flattened data source specs, or `None` when there are none."""
     names = []
@@ -522,6 +546,7 @@ def _training_facts(
         "hardware": _display_value(hardware) if hardware else NOT_RECORDED,
         "training_time": str(time_value) if time_value else NOT_RECORDED,
         "sources": _display_value(sources) if sources else NOT_RECORDED,
+        "regions": _regions_text(flat),
         "highlights": highlights,
         "all_args": all_args,
     }
@@ -579,6 +604,10 @@ def build_card(
         if isinstance(candidate, str) and _HUB_ID.match(candidate) and not os.path.exists(candidate):
             base_model = candidate
     base_display = base_model or _display_value(_leaf(flat, _BASE_MODEL_KEYS) or NOT_RECORDED)
+    if base_model is None and any(name.startswith("base.bootstrap") for name in flat):
+        base_display = (
+            "a tiny CLIP bootstrapped from scratch on the run's own captions (offline demo, no pretrained CLIP)"
+        )
 
     card_data = ModelCardData(
         library_name="transformers",

@@ -244,16 +244,21 @@ def test_experiment_yaml_sections_drive_the_stage_card_and_selection():
             ],
             "exclude_file": "/data/karpathy/dataset_coco.json",
         },
-        "teacher": {"learning_rate": 1e-5, "num_train_epochs": 5},
+        "regions": {"source": "yolo", "weights": "yolov8x.pt", "conf": 0.25},
+        "teacher": {"learning_rate": 1e-5, "num_train_epochs": 5, "cross_attention_heads": 8},
         "student": {"learning_rate": 1e-6, "num_train_epochs": 2},
+        "smoke": {"teacher": {"cross_attention_heads": 4}, "student": {"seed": 7}},  # only applied with --smoke
     }
     teacher = build_card(kind="teacher", repo_id=REPO_ID, run_args=experiment).text
     student = build_card(kind="student", repo_id=REPO_ID, run_args=experiment).text
     assert "| `learning_rate` | 1e-05 |" in teacher and "| `num_train_epochs` | 5 |" in teacher
     assert "| `learning_rate` | 1e-06 |" in student and "| `num_train_epochs` | 2 |" in student
+    assert "| `cross_attention_heads` | 8 |" in teacher and "| `cross_attention_heads` |" not in student
+    assert "| `seed` | 42 |" in student
     for text in (teacher, student):
         assert "**Training data:** coco (≤ 50000 images), flickr30k" in text
         assert "**clean**" in text  # an exclusion list was applied
+        assert "**Regions for the teacher:** yolo (yolov8x.pt, conf 0.25)" in text
         assert "/data/" not in text and "| `data.sources.0.path` | …/captions_train2017.json |" in text
     del experiment["data"]["exclude_file"]
     assert "**faithful**" in build_card(kind="student", repo_id=REPO_ID, run_args=experiment).text
