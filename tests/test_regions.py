@@ -245,9 +245,10 @@ def test_killed_run_resumes_without_recomputing_finished_images(tmp_path):
     assert merged.num_rows == len(SIZES)
     assert merged.schema.metadata[b"dclip_fingerprint"].decode() == cache.fingerprint
 
-    third = FakeDetector()  # a complete cache: nothing left to do
+    third = FakeDetector()  # a complete cache: nothing left to do, and the merged file is not rewritten
+    written = cache.merged_path.stat().st_mtime_ns
     extract_regions(dataset, YoloRegionSource(detector=third), tmp_path / "c", chunk_size=2, progress=False)
-    assert third.calls == 0
+    assert third.calls == 0 and cache.merged_path.stat().st_mtime_ns == written
 
 
 def test_changed_settings_are_detected_not_silently_reused(tmp_path):

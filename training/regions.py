@@ -243,8 +243,11 @@ class ShardedCache:
     def merge(self, **summary: Any) -> Path:
         """Fold all shards into the merged file and mark the cache complete in `meta.json`."""
         files = self._files()
-        table = self._combined(files).replace_schema_metadata(self.schema.metadata)
-        self._write_table(table, self.merged_path)
+        if files == [self.merged_path]:
+            table = self._read_file(self.merged_path, ["image_id"])  # nothing new: no rewrite of a large cache
+        else:
+            table = self._combined(files).replace_schema_metadata(self.schema.metadata)
+            self._write_table(table, self.merged_path)
         for path in files:
             if path != self.merged_path:
                 path.unlink(missing_ok=True)
