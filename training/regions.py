@@ -366,6 +366,8 @@ def run_sharded(
     done = cache.completed_ids()
     todo = [item for item in items if item["image_id"] not in done]
     summary.skipped_cached = len(items) - len(todo)
+    # Every process must split the same list: none may write a shard before all have read what is done.
+    state.wait_for_everyone()
     if summary.skipped_cached:
         logger.info(
             "%s: %d/%d images already cached in %s.", description, summary.skipped_cached, len(items), cache.directory
