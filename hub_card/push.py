@@ -174,6 +174,13 @@ def save_for_hub(
     for path in plot_paths:
         if path.suffix.lower() != ".png" or not path.is_file():
             raise FileNotFoundError(f"Plot {str(path)!r} is not an existing .png file.")
+        if not is_allowed(f"plots/{path.name}"):
+            raise ValueError(
+                f"Plot file name {path.name!r} would not be uploaded; use letters, digits, '.', '_', '-'."
+            )
+    names = [path.name for path in plot_paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Plots must have distinct file names (they all go to plots/), got {names}.")
     linked = set(_PLOT_LINK.findall(card.text))
     missing_plots = sorted(linked - {p.name for p in plot_paths})
     if missing_plots:

@@ -211,6 +211,9 @@ def test_save_for_hub_refuses_mismatched_cards_missing_plots_and_non_empty_folde
         save_for_hub(student, processor, tmp_path / "b", student_card)
     with pytest.raises(FileNotFoundError, match="png"):
         save_for_hub(student, processor, tmp_path / "c", student_card, plots=[tmp_path / "nope.png"])
+    (tmp_path / "my plot.png").write_bytes(plot_file.read_bytes())
+    with pytest.raises(ValueError, match="would not be uploaded"):
+        save_for_hub(student, processor, tmp_path / "c", student_card, plots=[plot_file, tmp_path / "my plot.png"])
     with pytest.raises(TypeError, match="CLIPModel"):
         save_for_hub(torch.nn.Linear(2, 2), processor, tmp_path / "d", student_card)
     (tmp_path / "e").mkdir()
