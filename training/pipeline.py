@@ -103,10 +103,14 @@ def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def apply_smoke(experiment: dict[str, Any]) -> dict[str, Any]:
-    """Merge the experiment's `smoke:` section (tiny sizes for CI) over the other sections."""
+    """Merge the experiment's `smoke:` section (tiny sizes for CI) over the other sections.
+
+    Sections merge key by key, except `base`, which the smoke section replaces whole (a smoke run swaps a pretrained
+    CLIP for a tiny bootstrapped one).
+    """
     merged = json.loads(json.dumps(experiment))
     for section, values in (experiment.get("smoke") or {}).items():
-        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+        if isinstance(values, dict) and isinstance(merged.get(section), dict) and section != "base":
             merged[section] = _deep_merge(merged[section], values)
         else:
             merged[section] = values
@@ -195,12 +199,18 @@ class Pipeline:
 
                 if not data.get("sources"):
                     raise ValueError("Section data needs `sources` (a list of source specs) or `synthetic`.")
+                exclude_ids = set(data.get("exclude_ids") or [])
+                if data.get("exclude_file"):
+                    from .data import load_exclusion_ids
+
+                    # The clean selection (METHOD §4): drop the images of these splits of a Karpathy JSON.
+                    splits = tuple(data.get("exclude_splits") or ("val", "test"))
+                    exclude_ids |= load_exclusion_ids(data["exclude_file"], splits=splits)
                 dataset, mix = mix_sources(
                     data["sources"],
                     seed=int(data.get("seed", self.seed)),
                     val_fraction=float(data.get("val_fraction", 0.1)),
-                    exclude_file=data.get("exclude_file"),
-                    exclude_ids=data.get("exclude_ids"),
+                    exclude_ids=sorted(exclude_ids),
                 )
                 logger.info("%s", mix)
                 summary = mix.to_dict()
@@ -221,11 +231,7 @@ class Pipeline:
         base = self.experiment["base"]
         if ("bootstrap" in base) == bool(base.get("clip_name_or_path")):
             raise ValueError("Section base needs exactly one of `clip_name_or_path` or `bootstrap`.")
-        upstream: tuple[str, ...] = ()
-        if "bootstrap" in base:
-            if "synthetic" not in self.experiment["data"]:
-                raise ValueError("base.bootstrap pre-trains a tiny CLIP on the synthetic data: use data.synthetic.")
-            upstream = ("data",)
+        upstream: tuple[str, ...] = ("data",) if "bootstrap" in base else ()
 
         def work() -> dict[str, Any]:
             if "clip_name_or_path" in base:
@@ -233,9 +239,18 @@ class Pipeline:
                 return {"clip": base["clip_name_or_path"]}
             from .bootstrap import BootstrapConfig, bootstrap_clip
 
-            synthetic = self._build_synthetic()
+            # Synthetic runs pre-train on their own `pretrain` split (object close-ups + coarse scenes); other runs
+            # (smoke tests without a pretrained CLIP) on their training images.
+            if "synthetic" in self.experiment["data"]:
+                synthetic = self._build_synthetic()
+                rows = synthetic.splits["pretrain"].to_list()
+                zero_shot = {name: synthetic.zero_shot(name) for name in synthetic.zero_shot_dirs}
+                template, data_key = synthetic.zero_shot_template, self._synthetic_config().fingerprint()
+            else:
+                rows, zero_shot, template = self._dataset("train").to_list(), {}, "a {}"
+                data_key = self.runner.records["data"].fingerprint
             # In the cache, named by its settings: the seeds of a study share one bootstrapped base.
-            folder = self.cache_dir / f"base-{fingerprint(base, self._synthetic_config().fingerprint())}"
+            folder = self.cache_dir / f"base-{fingerprint(base, data_key)}"
             metrics_file = folder / "bootstrap_metrics.json"
             if metrics_file.is_file():
                 metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
@@ -245,11 +260,11 @@ class Pipeline:
                     "bootstrap": {k: metrics.get(k) for k in ("zero_shot", "seconds", "steps")},
                 }
             metrics = bootstrap_clip(
-                synthetic.splits["pretrain"].to_list(),
+                rows,
                 folder,
                 BootstrapConfig(**(base.get("bootstrap") or {})),
-                zero_shot_sets={name: synthetic.zero_shot(name) for name in synthetic.zero_shot_dirs},
-                zero_shot_template=synthetic.zero_shot_template,
+                zero_shot_sets=zero_shot,
+                zero_shot_template=template,
                 progress=self.progress,
             )
             return {"clip": str(folder), "bootstrap": {k: metrics[k] for k in ("zero_shot", "seconds", "steps")}}
@@ -602,9 +617,17 @@ class Pipeline:
 
     # ----- everything -----
 
+    def preflight(self) -> None:
+        """Fail before any work when a model or detector the run needs is missing (offline Hub id, YOLO weights)."""
+        base = self.experiment["base"]
+        if base.get("clip_name_or_path"):
+            _check_model_available(base["clip_name_or_path"])
+        self._region_source()  # a YOLO source checks its weights file here
+
     def run(self) -> dict[str, Any]:
         """Run (or resume) every stage and return the summary that `main` prints."""
         started = time.perf_counter()
+        self.preflight()
         self.stage_data()
         self.stage_base()
         self.stage_regions()
