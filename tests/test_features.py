@@ -19,6 +19,7 @@ from training.features import (
     load_image_features,
     load_teacher_targets,
     load_text_features,
+    module_fingerprint,
 )
 from training.regions import AnnotationRegionSource, StaleCacheError, extract_regions, load_region_cache
 from training.stage_data import (
@@ -291,3 +292,18 @@ def test_feature_caches_resume_after_a_kill_and_reject_another_clip(tmp_path, da
         teacher.clip.visual_projection.weight.mul_(1.01)  # another CLIP checkpoint
     with pytest.raises(StaleCacheError, match="changed: \\['clip'\\]"):
         compute_image_features(dataset, regions, teacher, processor, tmp_path / "img", progress=False)
+
+
+def test_checkpoint_fingerprints_survive_save_and_reload_and_change_with_weights(tmp_path, teacher):
+    teacher.save_pretrained(tmp_path / "teacher")
+    reloaded = DCLIPTeacherModel.from_pretrained(tmp_path / "teacher")
+    assert module_fingerprint(reloaded, reloaded.config) == module_fingerprint(teacher, teacher.config)
+    assert module_fingerprint(reloaded.clip, reloaded.config.clip_config) == module_fingerprint(
+        teacher.clip, teacher.config.clip_config
+    )
+    with torch.no_grad():
+        reloaded.cross_layers[0].text_norm.bias.add_(1e-3)  # a trained teacher: same CLIP, new targets
+    assert module_fingerprint(reloaded, reloaded.config) != module_fingerprint(teacher, teacher.config)
+    assert module_fingerprint(reloaded.clip, reloaded.config.clip_config) == module_fingerprint(
+        teacher.clip, teacher.config.clip_config
+    )

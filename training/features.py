@@ -74,18 +74,27 @@ TARGET_SCHEMA = pa.schema(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+# Config keys that record where/how a checkpoint was saved, not what it computes (weights are hashed separately).
+_PROVENANCE_KEYS = ("transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype")
+
+
+def _architecture_only(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _architecture_only(v) for k, v in value.items() if k not in _PROVENANCE_KEYS}
+    return value
+
+
 def module_fingerprint(module: nn.Module, config: Any = None) -> str:
     """SHA-256 of a module's parameters and buffers (names, dtypes, shapes, bytes) and of its config."""
     digest = hashlib.sha256()
     if config is not None:
         config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        for key in ("transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype"):
-            config_dict.pop(key, None)
-        digest.update(json.dumps(config_dict, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(_architecture_only(config_dict), sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         data = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        if data.numel():
+            digest.update(memoryview(data.view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
