@@ -181,7 +181,8 @@ def test_exif_rotated_image_is_detected_upright(tmp_path):
 
 
 def test_random_yolo_yaml_detector_records_no_detections(tmp_path, monkeypatch):
-    monkeypatch.delenv("YOLO_CONFIG_DIR", raising=False)
+    monkeypatch.setenv("YOLO_CONFIG_DIR", "unset-below")  # records the original value, restored after the test
+    monkeypatch.delenv("YOLO_CONFIG_DIR")
     paths = make_images(tmp_path, [(64, 48), (48, 64)])
     source = YoloRegionSource(weights="yolov8n.yaml", imgsz=64, device="cpu", run_dir=tmp_path / "run")
     assert os.environ["YOLO_CONFIG_DIR"] == str(tmp_path / "run" / "ultralytics-config")
