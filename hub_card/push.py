@@ -124,6 +124,44 @@ def _card_kind(card: ModelCard) -> str | None:
     return kinds[0] if len(kinds) == 1 else None
 
 
+def _drop_local_paths(value: Any) -> tuple[Any, bool]:
+    if isinstance(value, dict):
+        changed = False
+        out = {}
+        for key, item in value.items():
+            if key in ("_name_or_path", "name_or_path") and isinstance(item, str) and os.path.isabs(item):
+                changed = True
+                continue
+            out[key], item_changed = _drop_local_paths(item)
+            changed |= item_changed
+        return out, changed
+    if isinstance(value, list):
+        items = [_drop_local_paths(item) for item in value]
+        return [item for item, _ in items], any(changed for _, changed in items)
+    return value, False
+
+
+def scrub_local_paths(folder: str | os.PathLike) -> list[str]:
+    """Remove `_name_or_path` entries that hold absolute local paths from the folder's JSON configs.
+
+    A model built from a local CLIP (e.g. `clip_config._name_or_path: /home/me/runs/...`) would otherwise publish the
+    training machine's paths; the value only records where the weights were loaded from and is not needed to load.
+
+    Returns:
+        The JSON files that were rewritten.
+    """
+    rewritten = []
+    for path in sorted(Path(folder).glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        clean, changed = _drop_local_paths(data)
+        if changed:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+            rewritten.append(path.name)
+    return rewritten
+
+
 def _check_teacher_folder(folder: Path) -> None:
     missing = [name for name in TEACHER_CODE_FILES if not (folder / name).is_file()]
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -196,6 +234,7 @@ def save_for_hub(
 
     model.save_pretrained(folder)
     _hub_processor(processor, kind).save_pretrained(folder)
+    scrub_local_paths(folder)
     if kind == "teacher":
         _check_teacher_folder(folder)
     card.save(folder / "README.md")

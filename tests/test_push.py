@@ -59,7 +59,9 @@ def image_processor() -> CLIPImageProcessor:
 @pytest.fixture(scope="module")
 def base_clip(tiny_tokenizer) -> CLIPModel:
     torch.manual_seed(0)
-    return CLIPModel(tiny_clip_config(vocab_size=len(tiny_tokenizer))).eval()
+    model = CLIPModel(tiny_clip_config(vocab_size=len(tiny_tokenizer))).eval()
+    model.config._name_or_path = "/home/someone/runs/base-clip"  # as after from_pretrained(<local folder>)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +116,13 @@ def test_student_folder_holds_exactly_the_allow_listed_files(student_folder):
     assert config["model_type"] == "clip" and config["architectures"] == ["CLIPModel"]
     for name in ("config.json", "processor_config.json", "tokenizer_config.json"):
         assert "auto_map" not in (student_folder / name).read_text(), name  # no custom code anywhere
+
+
+def test_folders_do_not_publish_local_paths(teacher, student_folder, teacher_folder):
+    assert teacher.config.clip_config._name_or_path == "/home/someone/runs/base-clip"  # what save_pretrained writes
+    for folder in (student_folder, teacher_folder):
+        for path in folder.glob("*.json"):
+            assert "/home/someone" not in path.read_text(), path.name
 
 
 def test_teacher_folder_holds_weights_code_and_auto_map(teacher_folder):
