@@ -145,7 +145,11 @@ def test_student_folder_loads_in_stock_clip_with_identical_embeddings(student, s
     assert type(loaded) is CLIPModel
     processor = CLIPProcessor.from_pretrained(student_folder)
     inputs = processor(
-        text=["a red circle", "a cat on a laptop"], images=[photo(0), photo(1)], return_tensors="pt", padding=True
+        text=["a red circle", "a cat on a laptop"],
+        images=[photo(0), photo(1)],
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
     )
     assert (
         inputs["input_ids"].tolist()
