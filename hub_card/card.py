@@ -616,7 +616,6 @@ def build_card(
         base_model=base_model,
         datasets=list(datasets) or None,
         tags=["dclip", f"dclip-{kind}", "clip", "image-text-retrieval", "distillation", f"arxiv:{PAPER_ARXIV}", *tags],
-        metrics=sorted({r.metric_type for r in eval_results}) or None,
         model_name=repo_id.split("/")[-1] if eval_results else None,
         eval_results=eval_results or None,
     )
