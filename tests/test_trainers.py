@@ -281,7 +281,7 @@ class StopAt(TrainerCallback):
 
 
 def _resume_args(output_dir) -> StudentTrainingArguments:
-    # 24 images, batch 4, accumulation 2: 3 optimizer steps per epoch, 6 in all; 2 epochs so the caption draw changes.
+    # 16 images, batch 4, accumulation 2: 2 optimizer steps per epoch, 4 in all; 2 epochs so the caption draw changes.
     return StudentTrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=4,
@@ -297,24 +297,24 @@ def _resume_args(output_dir) -> StudentTrainingArguments:
 
 
 def test_resume_after_kill_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    uninterrupted, full_data = _student(), StudentPairs(24, seed=4)
+    uninterrupted, full_data = _student(), StudentPairs(16, seed=4)
     train_student(uninterrupted, _resume_args(tmp_path / "full"), full_data)
     assert full_data.epoch == 1  # the trainer set the second epoch's caption draw
 
     killed = _student()
-    train_student(killed, _resume_args(tmp_path / "killed"), StudentPairs(24, seed=4), callbacks=[StopAt(4)])
-    assert (tmp_path / "killed" / "checkpoint-4").is_dir()
-    resumed, resumed_data = _student(seed=123), StudentPairs(24, seed=4)  # weights must come from the checkpoint
+    train_student(killed, _resume_args(tmp_path / "killed"), StudentPairs(16, seed=4), callbacks=[StopAt(3)])
+    assert (tmp_path / "killed" / "checkpoint-3").is_dir()
+    resumed, resumed_data = _student(seed=123), StudentPairs(16, seed=4)  # weights must come from the checkpoint
     trainer = train_student(resumed, _resume_args(tmp_path / "killed"), resumed_data, resume_from_checkpoint="latest")
-    assert trainer.state.global_step == 6 and resumed_data.epoch == 1
+    assert trainer.state.global_step == 4 and resumed_data.epoch == 1
     reference = uninterrupted.state_dict()
     for name, tensor in resumed.state_dict().items():
         assert torch.allclose(tensor, reference[name], atol=1e-6, rtol=0), name
     # A resumed run that ignored the epoch's caption draw would differ: the draw really changes between epochs.
-    data = StudentPairs(24, seed=4)
-    first = [int(data[i]["input_ids"][1]) for i in range(24)]
+    data = StudentPairs(16, seed=4)
+    first = [int(data[i]["input_ids"][1]) for i in range(16)]
     data.set_epoch(1)
-    assert first != [int(data[i]["input_ids"][1]) for i in range(24)]
+    assert first != [int(data[i]["input_ids"][1]) for i in range(16)]
 
 
 def test_resume_latest_without_checkpoint_raises(tmp_path):
