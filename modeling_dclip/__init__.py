@@ -27,6 +27,7 @@ AutoModel.register(DCLIPStudentConfig, DCLIPStudentModel, exist_ok=True)
 AutoProcessor.register(DCLIPTeacherConfig, DCLIPProcessor, exist_ok=True)
 DCLIPTeacherConfig.register_for_auto_class()
 DCLIPTeacherModel.register_for_auto_class("AutoModel")
+DCLIPProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "EMPTY_REGION_POLICIES",

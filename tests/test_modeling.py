@@ -253,11 +253,12 @@ def test_teacher_save_load_round_trip_is_exact(tmp_path, clip_config):
     assert not any(p.requires_grad for p in loaded.clip.parameters())
 
 
-def test_saved_teacher_loads_with_remote_code_in_a_fresh_process(tmp_path, clip_config):
+def test_saved_teacher_loads_with_remote_code_in_a_fresh_process(tmp_path, clip_config, tiny_processor):
     model = _teacher(clip_config).eval()
     feats = _features()
     folder = tmp_path / "teacher"
     model.save_pretrained(folder)
+    tiny_processor.save_pretrained(folder)
     torch.save({"feats": feats, "expected": model(**feats).teacher_embeds}, tmp_path / "io.pt")
     script = textwrap.dedent(
         f"""
@@ -269,8 +270,10 @@ def test_saved_teacher_loads_with_remote_code_in_a_fresh_process(tmp_path, clip_
                     raise ImportError(name + " is hidden in this test")
 
         sys.meta_path.insert(0, HidePackage())
-        from transformers import AutoModel
+        from transformers import AutoModel, AutoProcessor
         model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(processor).__name__ == "DCLIPProcessor", type(processor)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert not any(name.split(".")[0] == "modeling_dclip" for name in sys.modules)
         io = torch.load({str(tmp_path / "io.pt")!r})
