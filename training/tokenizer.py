@@ -1,4 +1,4 @@
-"""Build a real `CLIPTokenizer` from scratch (byte-level BPE with CLIP's `</w>` suffix) for offline tiny/demo models."""
+"""Build a real `CLIPTokenizer` from scratch (byte-level BPE, CLIP's `</w>` suffix) for offline tiny/demo models."""
 
 from __future__ import annotations
 
