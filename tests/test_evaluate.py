@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
 
 from tests.conftest import REPO_ROOT, tiny_clip_config
@@ -177,3 +181,45 @@ def test_evaluate_module_is_an_identical_copy_and_gives_identical_numbers():
     metric = evaluate.load(str(module_dir))
     got = metric.compute(text_embeds=texts, text_to_image=owner, image_embeds=images, chunk_size=7)
     assert got == retrieval_metrics(images, texts, owner, chunk_size=7)
+
+
+@pytest.mark.slow
+def test_two_processes_encode_and_score_like_one(tmp_path, shared_data, two_models):
+    sets = [coco_spec(shared_data)]
+    zero_shot = [f"caltech_mini={shared_data / 'caltech101_subset20'}"]
+    single = evaluate_models(
+        {"base": two_models["base"]},
+        sets,
+        zero_shot,
+        output_dir=tmp_path / "one",
+        max_images=5,  # odd: the two shards differ in size
+        batch_size=2,
+        plots=False,
+        progress=False,
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "1",
+    }
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.evaluate"]
+    arguments = ["--models", f"base={two_models['base']}", "--retrieval", *sets, "--zero_shot", *zero_shot]
+    arguments += ["--output_dir", str(tmp_path / "two"), "--max_images", "5", "--batch_size", "2", "--no_plots"]
+    completed = subprocess.run(
+        [*launcher, *arguments], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    double = json.loads((tmp_path / "two" / "results.json").read_text())
+    one_cache = sorted((tmp_path / "one" / "embedding_cache").iterdir())
+    two_cache = sorted((tmp_path / "two" / "embedding_cache").iterdir())
+    assert [p.name for p in one_cache] == [p.name for p in two_cache] and len(one_cache) == 4
+    for a, b in zip(one_cache, two_cache):
+        first, second = load_file(a), load_file(b)
+        for key in first:
+            assert torch.allclose(first[key].float(), second[key].float(), atol=1e-5), (a.name, key)
+    for dataset, metrics in single["models"]["base"].items():
+        assert double["models"]["base"][dataset] == pytest.approx(metrics, abs=1e-6), dataset
