@@ -205,7 +205,7 @@ def load_model(source: str | os.PathLike) -> tuple[Any, Any]:
     except OSError as error:
         where = "the local Hub cache (HF_HUB_OFFLINE=1)" if offline else "the Hub"
         raise FileNotFoundError(
-            f"Could not load model {source!r} from {where}: {error}. Download it first "
+            f"Could not load model {source!r} from {where}: {str(error).rstrip('.')}. Download it first "
             f"(`huggingface-cli download {source}` on a machine with access) or pass a local model folder."
         ) from error
     return model, processor
@@ -554,6 +554,8 @@ def evaluate_models(
     zero_shot_specs = [parse_set_spec(s, "zero_shot") for s in zero_shot_sets]
     hard_specs = [parse_set_spec(s, "hard_negatives") for s in hard_negative_sets]
     names = [s["name"] for s in (*retrieval_specs, *zero_shot_specs, *hard_specs)]
+    if not names:
+        raise ValueError("Nothing to evaluate: pass at least one retrieval, zero-shot or hard-negative set.")
     if len(set(names)) != len(names):
         raise ValueError(f"Set names must be unique across retrieval, zero-shot and hard-negative sets; got {names}.")
 
@@ -695,7 +697,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(EvaluateArguments)
+    parser = HfArgumentParser(
+        EvaluateArguments,
+        prog="dclip evaluate",
+        description="Evaluate CLIP-compatible models (see docs/evaluation.md).",
+    )
     if len(args_list) == 1 and args_list[0].endswith((".yaml", ".yml")):
         (args,) = parser.parse_yaml_file(args_list[0])
     elif len(args_list) == 1 and args_list[0].endswith(".json"):
