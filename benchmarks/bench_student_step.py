@@ -13,12 +13,14 @@
 Every step is forward + backward + optimizer step in fp32 (the paper's precision) on random weights (no download),
 through the real trainer code (`DCLIPStudentTrainer.compute_loss`, `DCLIPTeacherTrainer.compute_loss`). Sizes: `tiny`
 (the test config) and `vitb`: ViT-B/16 widths (vision 768, text 512, D = 512, vocab 49,408). On a 2-core CPU a
-full-depth ViT-B/16 step takes tens of seconds, so the default `vitb` run uses 2 layers per tower, 64-px images and
-batch 4 to stay within ~3 minutes; `--vitb-layers 12 --vitb-image-size 224 --vitb-batch-size 32` is the full model.
-Fewer layers shrink every CLIP pass alike: the loss overhead of benchmark 1 becomes relatively larger and the
-frozen-CLIP work saved in benchmark 3 relatively smaller, so both shallow figures are conservative. Variants are timed
-interleaved (one repetition of each in turn) and the median is kept, so a machine whose load changes hurts all
-variants alike.
+full-depth ViT-B/16 student step takes tens of seconds, so the default `vitb` run of benchmarks 1–2 uses 2 layers
+per tower, 64-px images and batch 4 to stay within a few minutes (`--vitb-layers 12 --vitb-image-size 224
+--vitb-batch-size 32` is the full model). Fewer layers shrink every CLIP pass alike and make the loss overhead of
+benchmark 1 relatively larger, so the shallow figure is conservative; but they also shrink the gap between the
+pipeline and a plain step, which makes benchmark 2's ratio noisy on a busy machine. Benchmark 3 runs at full
+ViT-B/16 depth and resolution (224 px, batch 2), where the frozen-CLIP work the caches save is what it is in
+training. Variants are timed interleaved (one repetition of each in turn; fast steps looped to >= 0.5 s per timing)
+and the median is kept, so a machine whose load changes hurts all variants alike.
 
     python -m benchmarks.bench_student_step                      # default run, writes benchmarks/results/
     python -m benchmarks.bench_student_step --sizes vitb --vitb-layers 12 --vitb-image-size 224 --vitb-batch-size 32
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import statistics
@@ -227,17 +230,53 @@ class Workload:
         )
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each step, after one warm-up call each, timed in turn `repeats` times."""
-    for step in steps.values():
-        step()
+def time_interleaved(
+    steps: dict[str, Callable[[], None]], repeats: int, min_seconds: float = 0.5, slow_seconds: float = 5.0
+) -> dict[str, float]:
+    """Median seconds per call of each step, the variants timed in turn `repeats` times.
+
+    A warm-up call of each step sets how many calls one timing spans (at least `min_seconds`, so millisecond steps
+    are not lost in timer and scheduler noise); a step slower than `slow_seconds` counts its warm-up as one sample
+    (its one-off costs are negligible next to its run time).
+    """
+    inner: dict[str, int] = {}
     times: dict[str, list[float]] = {name: [] for name in steps}
+    for name, step in steps.items():
+        start = time.perf_counter()
+        step()
+        warm = time.perf_counter() - start
+        inner[name] = max(1, math.ceil(min_seconds / max(warm, 1e-6)))
+        if warm >= slow_seconds:
+            times[name].append(warm)
     for _ in range(repeats):
         for name, step in steps.items():
+            if len(times[name]) >= repeats:
+                continue
             start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(inner[name]):
+                step()
+            times[name].append((time.perf_counter() - start) / inner[name])
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def run_teacher_stage(
+    size: str, batch_size: int, image_size: int, regions: int, repeats: int, layers: int | None
+) -> dict[str, Any]:
+    """Benchmark 3: a teacher step on cached features vs on decoded, cropped and CLIP-encoded regions."""
+    with tempfile.TemporaryDirectory() as workdir:
+        work = Workload(size, batch_size, image_size, workdir, layers)
+        steps = {"cached": work.teacher_cached_step(regions), "raw": work.teacher_raw_step(regions)}
+        teacher = time_interleaved(steps, repeats)
+        depth = work.config.vision_config.num_hidden_layers
+    return {
+        "config": {"batch_size": batch_size, "image_size": image_size, "layers_per_tower": depth},
+        "regions_per_image": regions,
+        "seconds_per_step_cached": teacher["cached"],
+        "seconds_per_step_raw": teacher["raw"],
+        "samples_per_second_cached": batch_size / teacher["cached"],
+        "samples_per_second_raw": batch_size / teacher["raw"],
+        "speedup": teacher["raw"] / teacher["cached"],
+    }
 
 
 def run_size(
@@ -246,22 +285,16 @@ def run_size(
     image_size: int,
     regions: list[int],
     repeats: int,
-    teacher_regions: int,
     layers: int | None = None,
 ) -> dict[str, Any]:
+    """Benchmarks 1 and 2 at one size."""
     with tempfile.TemporaryDirectory() as workdir:
         work = Workload(size, batch_size, image_size, workdir, layers)
         started = time.perf_counter()
         student = time_interleaved({"plain": work.plain_step(), "dclip_cached": work.dclip_step()}, repeats)
         pipeline = {}
         for count in regions:
-            pipeline[count] = time_interleaved({"pipeline": work.pipeline_step(count)}, max(1, repeats - 1))[
-                "pipeline"
-            ]
-        teacher = time_interleaved(
-            {"cached": work.teacher_cached_step(teacher_regions), "raw": work.teacher_raw_step(teacher_regions)},
-            max(1, repeats - 1),
-        )
+            pipeline[count] = time_interleaved({"pipeline": work.pipeline_step(count)}, repeats)["pipeline"]
         elapsed = time.perf_counter() - started
     plain, ours = student["plain"], student["dclip_cached"]
     result: dict[str, Any] = {
@@ -279,14 +312,6 @@ def run_size(
         "samples_per_second": {"plain_clip": batch_size / plain, "dclip_cached_targets": batch_size / ours},
         "student_vs_plain_ratio": ours / plain,
         "pipeline": {},
-        "teacher_stage": {
-            "regions_per_image": teacher_regions,
-            "seconds_per_step_cached": teacher["cached"],
-            "seconds_per_step_raw": teacher["raw"],
-            "samples_per_second_cached": batch_size / teacher["cached"],
-            "samples_per_second_raw": batch_size / teacher["raw"],
-            "speedup": teacher["raw"] / teacher["cached"],
-        },
         "wall_seconds": elapsed,
     }
     for count, seconds in pipeline.items():
@@ -337,8 +362,10 @@ def report(results: dict[str, Any]) -> str:
                 f"(>= {least:.0%}) {_verdict(kept >= least)}"
             )
         teacher, least = res["teacher_stage"], TARGETS["teacher_cache_speedup_min"]
+        tcfg = teacher["config"]
         lines.append(
-            f"teacher R={teacher['regions_per_image']}    cached "
+            f"teacher (batch {tcfg['batch_size']}, {tcfg['image_size']} px, {tcfg['layers_per_tower']} layers, "
+            f"R={teacher['regions_per_image']})  cached "
             f"{teacher['samples_per_second_cached']:9.1f} samples/s | "
             f"raw {teacher['samples_per_second_raw']:7.2f} samples/s | speed-up {teacher['speedup']:.0f}x "
             f"(>= {least:.0f}x) {_verdict(teacher['speedup'] >= least)}"
@@ -355,9 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vitb-layers", type=int, default=2, help="layers per tower (ViT-B/16 has 12)")
     parser.add_argument("--regions", type=int, nargs="+", default=[2, 6, 12])
     parser.add_argument("--teacher-regions", type=int, default=6)
+    parser.add_argument("--vitb-teacher-batch-size", type=int, default=2)
+    parser.add_argument("--vitb-teacher-image-size", type=int, default=224)
+    parser.add_argument("--vitb-teacher-layers", type=int, default=12, help="benchmark 3 at full ViT-B/16 depth")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
+    if args.threads:
+        # On a shared machine, OpenMP threads wait on descheduled siblings: with 2 threads under a load of ~6 the tiny
+        # step ran 26x slower than with 1 and the ratios were noise. One thread gives stable ratios everywhere.
+        torch.set_num_threads(args.threads)
     results: dict[str, Any] = {
         "benchmark": "bench_student_step",
         "targets": TARGETS,
@@ -369,7 +404,15 @@ def main(argv: list[str] | None = None) -> int:
         batch = args.tiny_batch_size if size == "tiny" else args.vitb_batch_size
         image = 30 if size == "tiny" else args.vitb_image_size
         layers = args.vitb_layers if size == "vitb" else None
-        results["sizes"][size] = run_size(size, batch, image, args.regions, args.repeats, args.teacher_regions, layers)
+        results["sizes"][size] = run_size(size, batch, image, args.regions, args.repeats, layers)
+        if size == "vitb":
+            teacher_args = (args.vitb_teacher_batch_size, args.vitb_teacher_image_size)
+            teacher_layers = args.vitb_teacher_layers
+        else:
+            teacher_args, teacher_layers = (batch, image), None
+        results["sizes"][size]["teacher_stage"] = run_teacher_stage(
+            size, *teacher_args, args.teacher_regions, args.repeats, teacher_layers
+        )
         print(report({"sizes": {size: results["sizes"][size]}}), flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
