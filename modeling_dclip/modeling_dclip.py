@@ -233,9 +233,14 @@ class DCLIPTeacherModel(DCLIPPreTrainedModel):
         if region_mask is None:
             region_mask = torch.ones(batch, regions, dtype=torch.bool, device=region_pixel_values.device)
         valid = region_mask.bool()
-        out = torch.zeros(batch, regions, self.embed_dim, dtype=self.clip.dtype, device=region_pixel_values.device)
-        if valid.any():
-            out[valid] = self.get_image_features(region_pixel_values[valid].to(self.clip.dtype))
+        if not valid.any():
+            return torch.zeros(
+                batch, regions, self.embed_dim, dtype=self.clip.dtype, device=region_pixel_values.device
+            )
+        features = self.get_image_features(region_pixel_values[valid].to(self.clip.dtype))
+        # Allocated after the pass: under autocast the features come out in the autocast dtype, not the weights'.
+        out = features.new_zeros(batch, regions, self.embed_dim)
+        out[valid] = features
         return out
 
     @torch.no_grad()

@@ -376,3 +376,13 @@ def test_sdpa_attention_backbone_loads_and_matches_eager(tmp_path, clip_config, 
 
 def test_package_is_importable_from_the_repo_root():
     assert (REPO_ROOT / "modeling_dclip" / "__init__.py").is_file()
+
+
+def test_teacher_runs_under_bf16_autocast(clip_config, tiny_tokenizer):
+    model = _teacher(clip_config).eval()
+    text = tiny_tokenizer(["a red circle", "a cat"], padding=True, return_tensors="pt")
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model(
+            **text, region_pixel_values=torch.randn(2, 2, 3, 30, 30), region_mask=torch.tensor([[1, 1], [1, 0]])
+        )
+    assert torch.isfinite(out.teacher_embeds.float()).all()
