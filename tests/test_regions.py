@@ -344,3 +344,17 @@ def test_accelerate_launch_splits_images_across_two_processes_and_merges(tmp_pat
     assert list((tmp_path / "cache" / "shards").iterdir()) == []
     table = load_region_cache(tmp_path / "cache")
     assert sorted(table.regions) == [f"img{i}" for i in range(6)]
+
+
+def test_building_a_yolo_source_leaves_pil_image_open_untouched(tmp_path):
+    from PIL import Image
+
+    from training.data import load_image
+    from training.regions import YoloRegionSource
+
+    before = Image.open
+    YoloRegionSource(weights="yolov8n.yaml", run_dir=tmp_path)
+    assert Image.open is before
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert load_image(broken) is None  # a counted skip, not ultralytics' pi-heif install attempt

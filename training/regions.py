@@ -539,6 +539,22 @@ def _configure_ultralytics_dirs(run_dir: str | os.PathLike | None) -> None:
         os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
+def _import_yolo(run_dir: str | os.PathLike | None) -> Any:
+    """`ultralytics.YOLO`, imported without its global side effects on PIL."""
+    _configure_ultralytics_dirs(run_dir)
+    from PIL import Image
+
+    pil_open = Image.open
+    from ultralytics import YOLO
+
+    # Importing ultralytics replaces PIL.Image.open process-wide with a wrapper that, on any unidentified image,
+    # tries to pip-install pi-heif (a download) and raises ModuleNotFoundError offline. That would turn a corrupt
+    # image anywhere in the run into a crash instead of a counted skip. We pass decoded images to YOLO, so it does
+    # not need the wrapper.
+    Image.open = pil_open
+    return YOLO
+
+
 class YoloRegionSource(RegionSource):
     """Ultralytics YOLO detections (the paper: YOLOv8x, conf 0.25, NMS IoU 0.7, imgsz 640, max_det 300, 80 classes).
 
@@ -595,10 +611,7 @@ class YoloRegionSource(RegionSource):
             self.weights_id = (
                 f"sha256:{file_sha256(resolved)}" if isinstance(resolved, Path) else f"random-init:{resolved}"
             )
-            _configure_ultralytics_dirs(run_dir)
-            from ultralytics import YOLO
-
-            self.detector = YOLO(str(resolved))
+            self.detector = _import_yolo(run_dir)(str(resolved))
 
     def describe(self) -> dict:
         # device and batch size change speed, not boxes (up to float noise), so they stay out of the fingerprint.
