@@ -103,3 +103,12 @@ def test_summary_table_shows_relative_gains_and_retention():
     }
     table = summary_table(results)
     assert "25.00 %" in table and "-25.00 %" in table and "94.00 %" in table
+
+
+def test_unset_environment_variable_in_an_experiment_is_named(monkeypatch):
+    monkeypatch.delenv("DCLIP_DATA", raising=False)
+    with pytest.raises(ValueError, match=r"\['DCLIP_DATA'\].*export DCLIP_DATA="):
+        load_experiment(REPO_ROOT / "training" / "configs" / "experiments" / "paper_vitb16.yaml")
+    monkeypatch.setenv("DCLIP_DATA", "/data")
+    experiment = load_experiment(REPO_ROOT / "training" / "configs" / "experiments" / "paper_vitb16.yaml")
+    assert experiment["evaluation"]["retrieval"][0]["path"] == "/data/karpathy/dataset_coco.json"

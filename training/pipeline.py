@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,12 @@ def _expand(value: Any) -> Any:
             expanded = value
             for key, replacement in env.items():
                 expanded = expanded.replace("${" + key + "}", replacement)
+            unresolved = re.findall(r"\$\{(\w+)\}", expanded)
+            if unresolved:
+                raise ValueError(
+                    f"{value!r} uses the environment variable(s) {unresolved}, which are not set; export them (e.g. "
+                    f"`export {unresolved[0]}=/path/to/data`) before running this experiment."
+                )
             return os.path.expanduser(expanded)
         return value
     if isinstance(value, list):
