@@ -112,3 +112,9 @@ def test_unset_environment_variable_in_an_experiment_is_named(monkeypatch):
     monkeypatch.setenv("DCLIP_DATA", "/data")
     experiment = load_experiment(REPO_ROOT / "training" / "configs" / "experiments" / "paper_vitb16.yaml")
     assert experiment["evaluation"]["retrieval"][0]["path"] == "/data/karpathy/dataset_coco.json"
+
+
+def test_run_refuses_to_start_under_several_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="one process"):
+        main(["--config", str(COCO_MINI)])

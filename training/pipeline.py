@@ -822,6 +822,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", nargs="*", default=[], help="re-run these stages (or `all`) although up to date")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit(
+            "dclip run drives every stage from one process; under several processes each would write the same "
+            "outputs. Run it without `accelerate launch`, or launch the heavy stages (training.extract_regions, "
+            "training.train_teacher, training.train_student, training.evaluate) with accelerate (docs/pipeline.md)."
+        )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     experiment = load_experiment(args.config)
     if args.smoke:
