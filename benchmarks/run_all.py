@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark in turn (each writes `benchmarks/results/<name>.json` and prints its table).
 
 python -m benchmarks.run_all                    # all, default sizes (~15 minutes on 2 CPU cores)
-python -m benchmarks.run_all --only retrieval   # a subset: student_step, retrieval, regions, scaling
+python -m benchmarks.run_all --only retrieval   # a subset: student_step, pixel_cache, regions, retrieval, scaling
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 
 BENCHMARKS = {
     "student_step": ("benchmarks.bench_student_step", []),  # issue 8, benchmarks 1-3
+    "pixel_cache": ("benchmarks.bench_pixel_cache", []),  # student data loading, before/after the pixel cache
     "regions": ("benchmarks.bench_regions", []),  # benchmark 4
     "retrieval": ("benchmarks.bench_retrieval", []),  # benchmark 5
     "scaling": ("benchmarks.bench_scaling", []),  # benchmark 6

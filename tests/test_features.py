@@ -307,3 +307,45 @@ def test_checkpoint_fingerprints_survive_save_and_reload_and_change_with_weights
     assert module_fingerprint(reloaded.clip, reloaded.config.clip_config) == module_fingerprint(
         teacher.clip, teacher.config.clip_config
     )
+
+
+def test_pixel_cache_gives_the_student_the_same_inputs_without_decoding(tmp_path, dataset, teacher, processor, caches):
+    from training.features import compute_pixel_cache, load_pixel_cache
+
+    _, image_features, text_features = caches
+    compute_teacher_targets(dataset, teacher, image_features, text_features, tmp_path / "targets", progress=False)
+    targets = load_teacher_targets(tmp_path / "targets")
+    summary = compute_pixel_cache(dataset, processor.image_processor, tmp_path / "pixels", progress=False)
+    assert summary.to_dict()["counts"]["images"] == len(dataset)
+    pixels = load_pixel_cache(tmp_path / "pixels")
+    decoded = StudentDistillDataset(dataset, targets, text_features, processor.image_processor, load_image=open_image)
+
+    def must_not_decode(path):
+        raise AssertionError(f"decoded {path} although it is in the pixel cache")
+
+    cached = StudentDistillDataset(
+        dataset, targets, text_features, processor.image_processor, load_image=must_not_decode, pixels=pixels
+    )
+    for index in range(len(decoded)):
+        expected, got = decoded[index], cached[index]
+        torch.testing.assert_close(got["pixel_values"], expected["pixel_values"], atol=2e-3, rtol=1e-3)
+        assert got["caption"] == expected["caption"]
+
+
+def test_pixel_cache_of_other_preprocessing_is_rejected(tmp_path, dataset, teacher, processor, caches):
+    from transformers import CLIPImageProcessor
+
+    from training.features import compute_pixel_cache, load_pixel_cache
+
+    _, image_features, text_features = caches
+    compute_teacher_targets(dataset, teacher, image_features, text_features, tmp_path / "targets", progress=False)
+    other = CLIPImageProcessor(size={"shortest_edge": 20}, crop_size={"height": 20, "width": 20})
+    compute_pixel_cache(dataset, other, tmp_path / "pixels", progress=False)
+    with pytest.raises(StaleCacheError, match="other preprocessing"):
+        StudentDistillDataset(
+            dataset,
+            load_teacher_targets(tmp_path / "targets"),
+            text_features,
+            processor.image_processor,
+            pixels=load_pixel_cache(tmp_path / "pixels"),
+        )

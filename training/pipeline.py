@@ -43,7 +43,18 @@ from .stages import StageRunner, fingerprint, write_json_atomic
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KNOWN_SECTIONS = ("data", "base", "regions", "teacher", "student", "controls", "evaluation", "hub", "smoke")
+KNOWN_SECTIONS = (
+    "data",
+    "base",
+    "regions",
+    "caches",
+    "teacher",
+    "student",
+    "controls",
+    "evaluation",
+    "hub",
+    "smoke",
+)
 CONTROLS = {
     # name -> student-argument overrides. Same steps, batches, learning rate and seed as the DCLIP student.
     "plain_finetune": {"weight_image": 0.0, "weight_text": 0.0, "weight_contrastive": 1.0},
@@ -366,6 +377,23 @@ class Pipeline:
             upstream=("data", "base", "regions"),
         )
 
+    def stage_pixels(self) -> dict[str, Any] | None:
+        """The student's preprocessed inputs, decoded once (`caches.pixels: false` decodes every epoch instead)."""
+        if not (self.experiment.get("caches") or {}).get("pixels", True):
+            return None
+
+        def work() -> dict[str, Any]:
+            from transformers import CLIPImageProcessor
+
+            from .features import FeatureCachePaths, compute_pixel_cache
+
+            image_processor = CLIPImageProcessor.from_pretrained(self._clip_path())
+            folder = FeatureCachePaths(str(self.cache_dir)).pixels(image_processor)
+            summary = compute_pixel_cache(self._dataset(), image_processor, folder, progress=self.progress)
+            return {"pixels_dir": folder, "counts": dict(summary.to_dict().get("counts", {}))}
+
+        return self.runner.run("pixels", {}, work, paths=lambda o: [o["pixels_dir"]], upstream=("data", "base"))
+
     # ----- training -----
 
     def _stage_arguments(self, stage: str, overrides: Mapping[str, Any]):
@@ -468,9 +496,19 @@ class Pipeline:
                 targets = load_teacher_targets(self.runner.records["targets"].outputs["teacher_targets_dir"])
             processor = CLIPProcessor.from_pretrained(self._clip_path())
             model = DCLIPStudentModel.from_clip(self._clip_path())
+            pixels = None
+            if "pixels" in self.runner.records:
+                from .features import load_pixel_cache
+
+                pixels = load_pixel_cache(self.runner.records["pixels"].outputs["pixels_dir"])
             datasets = [
                 StudentDistillDataset(
-                    self._dataset(split), targets, text_features, processor.image_processor, seed=args.seed
+                    self._dataset(split),
+                    targets,
+                    text_features,
+                    processor.image_processor,
+                    seed=args.seed,
+                    pixels=pixels,
                 )
                 for split in ("train", "val")
             ]
@@ -485,6 +523,8 @@ class Pipeline:
             return {"student_dir": str(folder), "log": _short_log(trainer.state.log_history)}
 
         upstream = ("features",) if variant == "region_free" else ("features", "targets")
+        if "pixels" in self.runner.records:
+            upstream += ("pixels",)
         return self.runner.run(
             f"student_{variant}",
             {"student": _stage_values(self.experiment, "student"), "overrides": overrides},
@@ -641,6 +681,7 @@ class Pipeline:
         self.stage_features()
         self.stage_teacher()
         self.stage_targets()
+        self.stage_pixels()
         self.stage_student("dclip")
         for control in self.experiment.get("controls") or []:
             self.stage_student(control)

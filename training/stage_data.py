@@ -22,7 +22,13 @@ from torch.utils.data import Dataset
 
 from modeling_dclip import DCLIPProcessor
 
-from .features import ImageFeatureTable, TeacherTargetTable, TextFeatureTable, check_feature_compatibility
+from .features import (
+    ImageFeatureTable,
+    TeacherTargetTable,
+    TextFeatureTable,
+    check_feature_compatibility,
+    image_processor_hash,
+)
 from .regions import RegionTable, StaleCacheError, default_image_loader
 
 logger = logging.getLogger(__name__)
@@ -281,6 +287,8 @@ class StudentDistillDataset(_CaptionDrawDataset):
         image_processor: the student's CLIP image processor.
         seed: seed of the per-epoch caption draw.
         load_image: `path -> upright RGB image or None`; defaults to `training.data.load_image`.
+        pixels: a loaded pixel cache ([`training.features.compute_pixel_cache`]) with the same preprocessing:
+            images found there are read instead of decoded and preprocessed.
     """
 
     def __init__(
@@ -292,9 +300,16 @@ class StudentDistillDataset(_CaptionDrawDataset):
         *,
         seed: int = 42,
         load_image: Callable[[str], Image.Image | None] | None = None,
+        pixels: Any = None,
     ) -> None:
         rows = _rows(dataset, ["image_id", "image", "captions"])
         _check_captions(rows, text_features)
+        if pixels is not None and pixels.image_processor_hash != image_processor_hash(image_processor):
+            raise StaleCacheError(
+                "The pixel cache was made with other preprocessing than this student's image processor (size, crop "
+                "or normalisation differ); rebuild it with compute_pixel_cache(..., image_processor) elsewhere."
+            )
+        self.pixels = pixels
 
         def cached(row: dict) -> bool:
             keys = [(row["image_id"], i) for i in range(len(row["captions"]))]
@@ -308,10 +323,13 @@ class StudentDistillDataset(_CaptionDrawDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row, image_index, caption_index = self._draw(index)
-        image = self.load_image(row["image"])
-        if image is None:
-            return None
-        pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        if self.pixels is not None and row["image_id"] in self.pixels:
+            pixel_values = torch.from_numpy(self.pixels.get(row["image_id"]).astype(np.float32))
+        else:
+            image = self.load_image(row["image"])
+            if image is None:
+                return None
+            pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
         _, text_embeds = self.text_features.get(row["image_id"], caption_index)
         return {
             "pixel_values": pixel_values,
