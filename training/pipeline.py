@@ -839,6 +839,28 @@ def summary_table(results: Mapping[str, Any], base: str = "base") -> str:
             cells = [name, *[_fmt(metrics.get(key)) for _, key in SUMMARY_METRICS], *gains]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    hard_sets = []
+    for per_dataset in models.values():
+        for dataset, metrics in per_dataset.items():
+            if dataset not in hard_sets and isinstance(metrics, Mapping) and "hn_accuracy" in metrics:
+                hard_sets.append(dataset)
+    for dataset in hard_sets:
+        swaps = sorted(
+            key
+            for metrics in (per.get(dataset) or {} for per in models.values())
+            for key in metrics
+            if key.startswith("hn_")
+            and key.endswith("_accuracy")
+            and key not in ("hn_accuracy", "hn_pairwise_accuracy")
+        )
+        swaps = list(dict.fromkeys(swaps))
+        header = ["model", "vs all", *[key.removeprefix("hn_").removesuffix("_accuracy") for key in swaps]]
+        lines += [f"### {dataset} (hard negatives: % true caption ranked first)", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name, per_dataset in models.items():
+            metrics = per_dataset.get(dataset) or {}
+            lines.append("| " + " | ".join([name, *[_fmt(metrics.get(k)) for k in ("hn_accuracy", *swaps)]]) + " |")
+        lines.append("")
     retention = results.get("retention") or {}
     if retention:
         lines += ["### zero-shot top-1 retention (model / base)", "", "| model | set | retention |", "|---|---|---|"]
