@@ -8,8 +8,9 @@ Load it offline from the repository (or a copy of this folder) with::
 
 `text_embeds` / `text_to_image` are the per-caption inputs (they can also be streamed with `add_batch`);
 `image_embeds` (all images, `[n_images, dim]`) and the options `ks`, `chunk_size`, `tie_tolerance` go to `compute`.
-The numbers are those of `training.metrics.retrieval_metrics`: `retrieval_core.py` next to this file is a
-byte-identical copy of `training/metrics.py` (a test checks it), so this folder works without the `dclip` package.
+The numbers are those of `training.metrics.retrieval_metrics`: `retrieval_core.py` next to this file is a symlink to
+`training/metrics.py` (one home for the metric); `evaluate.load` copies the file's content, so the loaded module works
+without the `dclip` package.
 """
 
 import datasets
