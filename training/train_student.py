@@ -18,7 +18,7 @@ from transformers import TrainerCallback, set_seed
 from modeling_dclip import DCLIPStudentModel
 
 from .args import DataArguments, ModelArguments, StudentTrainingArguments, parse_stage_args
-from .train_teacher import _check_eval_setup, load_split, resolve_checkpoint
+from .train_teacher import load_split, run_trainer
 from .trainer import DCLIPStudentTrainer, apply_trainable_policy
 
 logger = logging.getLogger(__name__)
@@ -59,27 +59,18 @@ def train_student(
         model, training_args.trainable_policy, train_logit_scale=training_args.learn_temperature
     )
     logger.info("Student: %d trainable parameters (policy %s).", trainable, training_args.trainable_policy)
-    _check_eval_setup(training_args, eval_dataset)
-    checkpoint = resolve_checkpoint(
-        resume_from_checkpoint if resume_from_checkpoint is not None else training_args.resume_from_checkpoint,
-        training_args.output_dir,
-    )
-    trainer = DCLIPStudentTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+    return run_trainer(
+        DCLIPStudentTrainer,
+        model,
+        training_args,
+        train_dataset,
+        eval_dataset,
+        resume_from_checkpoint=resume_from_checkpoint,
         data_collator=data_collator,
         processing_class=processing_class,
         callbacks=list(callbacks or []),
         teacher=teacher if training_args.targets == "teacher" else None,
     )
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    return trainer
 
 
 def build_student(model_args: ModelArguments) -> DCLIPStudentModel:

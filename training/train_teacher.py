@@ -88,22 +88,44 @@ def train_teacher(
             f"The teacher's CLIP must stay frozen, but {trainable_clip[:3]} (and {len(trainable_clip)} in all) "
             "require gradients; call `model.clip.requires_grad_(False)`."
         )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Teacher: %d trainable parameters (cross-attention block only).", trainable)
+    return run_trainer(
+        DCLIPTeacherTrainer,
+        model,
+        training_args,
+        train_dataset,
+        eval_dataset,
+        resume_from_checkpoint=resume_from_checkpoint,
+        data_collator=data_collator,
+        processing_class=processing_class,
+        callbacks=list(callbacks or []),
+    )
+
+
+def run_trainer(
+    trainer_class: type,
+    model: Any,
+    training_args: Any,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
+    *,
+    resume_from_checkpoint: str | bool | None,
+    **trainer_kwargs: Any,
+) -> Any:
+    """Build a stage's Trainer, train (resuming when asked), and save the final model, metrics and state.
+
+    Both stages end the same way: `output_dir` holds the model to use next (the best one when
+    `load_best_model_at_end`), `train_results.json` and `trainer_state.json`.
+    """
     _check_eval_setup(training_args, eval_dataset)
     checkpoint = resolve_checkpoint(
         resume_from_checkpoint if resume_from_checkpoint is not None else training_args.resume_from_checkpoint,
         training_args.output_dir,
     )
-    trainer = DCLIPTeacherTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=data_collator,
-        processing_class=processing_class,
-        callbacks=list(callbacks or []),
+    trainer = trainer_class(
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, **trainer_kwargs
     )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("Teacher: %d trainable parameters (cross-attention block only).", trainable)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
