@@ -41,3 +41,14 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "training.cli", "version"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.startswith("dclip ")
+
+
+def test_user_errors_print_the_message_without_a_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DCLIP_DEBUG", raising=False)
+    assert cli.main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "dclip run: error: Experiment file" in err and "does not exist" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("DCLIP_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        cli.main(["run", "--config", str(tmp_path / "missing.yaml")])

@@ -161,7 +161,7 @@ def test_cli_main_evaluates_a_saved_model_on_a_triples_file(tmp_path, shared_dat
 
 def test_missing_hub_model_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download"):
+    with pytest.raises(FileNotFoundError, match="hf download"):
         load_model("nobody-here/definitely-missing-clip")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model("./no/such/folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,7 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, _ = COMMANDS[command]
     module = importlib.import_module(module_name)
-    result = module.main(rest)
+    try:
+        result = module.main(rest)
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        # A user error (bad file, bad setting): its message names the value and the fix; the traceback is noise.
+        if os.environ.get("DCLIP_DEBUG"):
+            raise
+        print(f"dclip {command}: error: {error}\n(set DCLIP_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -206,7 +206,7 @@ def load_model(source: str | os.PathLike) -> tuple[Any, Any]:
         where = "the local Hub cache (HF_HUB_OFFLINE=1)" if offline else "the Hub"
         raise FileNotFoundError(
             f"Could not load model {source!r} from {where}: {str(error).rstrip('.')}. Download it first "
-            f"(`huggingface-cli download {source}` on a machine with access) or pass a local model folder."
+            f"(`hf download {source}` on a machine with access) or pass a local model folder."
         ) from error
     return model, processor
 

@@ -23,6 +23,7 @@ hub: {student_repo_id: org/dclip-..., teacher_repo_id: org/dclip-teacher-...}
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -103,7 +104,10 @@ def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
             f"Experiment file {str(path)!r} does not exist; see training/configs/experiments/ for examples."
         )
     with open(path, encoding="utf-8") as handle:
-        experiment = yaml.safe_load(handle) or {}
+        try:
+            experiment = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {error}") from error
     if not isinstance(experiment, dict):
         raise ValueError(f"{path}: an experiment file must be a mapping of sections, got {type(experiment).__name__}.")
     sections = {key for key, value in experiment.items() if isinstance(value, (dict, list))}
@@ -117,7 +121,30 @@ def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
     bad = sorted(set(controls) - set(CONTROLS))
     if bad:
         raise ValueError(f"{path}: unknown control(s) {bad}; choose from {sorted(CONTROLS)}.")
+    _check_stage_sections(path, experiment)
     return _expand(experiment)
+
+
+def _check_stage_sections(path: Path, experiment: Mapping[str, Any]) -> None:
+    """Reject unknown teacher/student arguments when the file is read, not after the stages before them ran."""
+    from .args import STUDENT_ARGUMENTS, TEACHER_ARGUMENTS
+
+    for stage, types in (("teacher", TEACHER_ARGUMENTS), ("student", STUDENT_ARGUMENTS)):
+        known = {f.name for t in types for f in dataclasses.fields(t) if f.init}
+        for where, section in (
+            (stage, experiment.get(stage)),
+            (f"smoke.{stage}", (experiment.get("smoke") or {}).get(stage)),
+        ):
+            if section is None:
+                continue
+            if not isinstance(section, dict):
+                raise ValueError(f"{path}: section {where!r} must be a mapping of {stage}-stage arguments.")
+            unknown = sorted(set(section) - known)
+            if unknown:
+                raise ValueError(
+                    f"{path}: unknown {stage}-stage argument(s) {unknown} in section {where!r}; see "
+                    f"`python -m training.train_{stage} --help` for the accepted names."
+                )
 
 
 def apply_smoke(experiment: dict[str, Any]) -> dict[str, Any]:
@@ -735,7 +762,7 @@ def _check_model_available(name_or_path: str) -> None:
     if HF_HUB_OFFLINE and not isinstance(cached, str):
         raise FileNotFoundError(
             f"Base CLIP {name_or_path!r} is not a local folder and is not in the Hugging Face cache, and the Hub is "
-            "offline (HF_HUB_OFFLINE=1). Download it on a machine with internet (`huggingface-cli download "
+            "offline (HF_HUB_OFFLINE=1). Download it on a machine with internet (`hf download "
             f"{name_or_path}`) and copy the cache, or point base.clip_name_or_path at a local folder."
         )
 
