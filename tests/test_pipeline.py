@@ -118,3 +118,17 @@ def test_run_refuses_to_start_under_several_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit, match="one process"):
         main(["--config", str(COCO_MINI)])
+
+
+def test_typo_in_a_stage_argument_fails_when_the_file_is_read(tmp_path):
+    experiment = yaml.safe_load(COCO_MINI.read_text())
+    experiment["teacher"]["lerning_rate"] = 1.0
+    with pytest.raises(ValueError, match=r"experiment.yaml: unknown teacher-stage argument\(s\) \['lerning_rate'\]"):
+        load_experiment(_write(tmp_path, experiment))
+    experiment = yaml.safe_load(COCO_MINI.read_text())
+    experiment["smoke"]["student"]["temprature"] = 0.1
+    with pytest.raises(ValueError, match=r"\['temprature'\] in section 'smoke.student'"):
+        load_experiment(_write(tmp_path, experiment))
+    (tmp_path / "broken.yaml").write_text("data: {synthetic: [\n")
+    with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+        load_experiment(tmp_path / "broken.yaml")
