@@ -252,16 +252,28 @@ def load_stage_config(path: str | os.PathLike, stage: str) -> dict[str, Any]:
         # The pipeline's `base:` section names the base CLIP; a standalone stage reads the same file.
         values["clip_name_or_path"] = base["clip_name_or_path"]
     section = data.get(stage) or {}
-    if not isinstance(section, dict):
-        raise ValueError(f"Section {stage!r} of {str(path)!r} must be a mapping, got {type(section).__name__}.")
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(
-            f"Unknown {stage}-stage argument(s) {unknown} in section {stage!r} of {str(path)!r}; see "
-            f"`python -m training.train_{stage} --help` for the accepted names."
-        )
+    check_stage_section(stage, section, where=f"section {stage!r} of {str(path)!r}")
     values.update(section)
     return values
+
+
+def check_stage_section(stage: str, section: Any, where: str) -> None:
+    """Raise `ValueError` unless `section` is a mapping of `stage`'s argument names (a typo must not pass silently).
+
+    Args:
+        stage: `teacher` or `student`.
+        section: the section's content.
+        where: how the error names the section's place (file and section).
+    """
+    _check_choice("stage", stage, STAGES)
+    if not isinstance(section, dict):
+        raise ValueError(f"{where} must be a mapping of {stage}-stage arguments, got {type(section).__name__}.")
+    unknown = sorted(set(section) - _field_names(_STAGE_TYPES[stage]))
+    if unknown:
+        raise ValueError(
+            f"Unknown {stage}-stage argument(s) {unknown} in {where}; see "
+            f"`python -m training.train_{stage} --help` for the accepted names."
+        )
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:

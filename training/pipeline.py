@@ -23,7 +23,6 @@ hub: {student_repo_id: org/dclip-..., teacher_repo_id: org/dclip-teacher-...}
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -127,24 +126,15 @@ def load_experiment(path: str | os.PathLike) -> dict[str, Any]:
 
 def _check_stage_sections(path: Path, experiment: Mapping[str, Any]) -> None:
     """Reject unknown teacher/student arguments when the file is read, not after the stages before them ran."""
-    from .args import STUDENT_ARGUMENTS, TEACHER_ARGUMENTS
+    from .args import check_stage_section
 
-    for stage, types in (("teacher", TEACHER_ARGUMENTS), ("student", STUDENT_ARGUMENTS)):
-        known = {f.name for t in types for f in dataclasses.fields(t) if f.init}
+    for stage in ("teacher", "student"):
         for where, section in (
             (stage, experiment.get(stage)),
             (f"smoke.{stage}", (experiment.get("smoke") or {}).get(stage)),
         ):
-            if section is None:
-                continue
-            if not isinstance(section, dict):
-                raise ValueError(f"{path}: section {where!r} must be a mapping of {stage}-stage arguments.")
-            unknown = sorted(set(section) - known)
-            if unknown:
-                raise ValueError(
-                    f"{path}: unknown {stage}-stage argument(s) {unknown} in section {where!r}; see "
-                    f"`python -m training.train_{stage} --help` for the accepted names."
-                )
+            if section is not None:
+                check_stage_section(stage, section, where=f"section {where!r} of {str(path)!r}")
 
 
 def apply_smoke(experiment: dict[str, Any]) -> dict[str, Any]:
