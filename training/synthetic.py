@@ -594,6 +594,8 @@ def build_synthetic(output_dir: str | os.PathLike, config: SyntheticConfig | Non
     """
     from datasets import Dataset
 
+    from .data import dataset_features
+
     config = config or SyntheticConfig()
     root = Path(output_dir).resolve() / f"synthetic-{config.fingerprint()}"
     manifest_path = root / "manifest.json"
@@ -629,7 +631,7 @@ def build_synthetic(output_dir: str | os.PathLike, config: SyntheticConfig | Non
         }
         write_bytes_atomic(json.dumps(manifest, indent=1).encode("utf-8"), manifest_path)
         logger.info("Synthetic data written to %s: %s", root, manifest["counts"])
-    splits = {split: Dataset.from_list(rows, features=_features()) for split, rows in rows_by_split.items()}
+    splits = {split: Dataset.from_list(rows, features=dataset_features()) for split, rows in rows_by_split.items()}
     return SyntheticData(
         root=root,
         splits=splits,
@@ -641,23 +643,6 @@ def build_synthetic(output_dir: str | os.PathLike, config: SyntheticConfig | Non
 def _read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def _features():
-    from datasets import Features, Sequence, Value
-
-    return Features(
-        {
-            "image_id": Value("string"),
-            "image": Value("string"),
-            "captions": Sequence(Value("string")),
-            "split": Value("string"),
-            "boxes": Sequence(Sequence(Value("float32"))),
-            "box_labels": Sequence(Value("string")),
-            "source": Value("string"),
-            "scene": Value("string"),
-        }
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
